@@ -427,3 +427,94 @@ def execute_plan(
     result.left_drained = sorted(failed)
     result.seconds = clock() - start
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# entry point for the CLI and for `deploy`
+
+
+def plan_for_inventory(
+    inv: Any,
+    nodes: Sequence[str],
+    *,
+    ready: Mapping[str, bool] | None = None,
+    batch: str | int = 1,
+    canary: int = 0,
+    min_ready: str | int | Mapping[str, int] | None = None,
+    max_fail: int = 0,
+    pause_s: float = 0.0,
+) -> RollingPlan:
+    """Plan a rolling restart of `nodes` (names, inventory order kept) of an inventory.
+
+    The capacity guard counts every node of each cloud in the inventory, not only the selected
+    ones: restarting one node of a cloud with three ready nodes is fine at minimum 2.
+    """
+    selected = set(nodes)
+    unknown = selected - {n.name for n in inv.nodes}
+    if unknown:
+        raise UsageError(f"restart: unknown node(s) {', '.join(sorted(unknown))}",
+                         hint="ofactl inventory show lists the nodes")
+    ready = ready or {}
+    all_clouds = [n.cloud for n in inv.nodes]
+    if isinstance(min_ready, Mapping):
+        mins = {c: int(min_ready.get(c, DEFAULT_MIN_READY_PER_CLOUD)) for c in all_clouds}
+    else:
+        mins = parse_min_ready(min_ready, all_clouds)
+    plan_nodes = [PlanNode(n.name, n.cloud, ready.get(n.name, True))
+                  for n in inv.nodes if n.name in selected]
+    # unselected nodes still count for the guard: plan with them as phantom ready capacity
+    others = [n for n in inv.nodes if n.name not in selected]
+    extra: dict[str, int] = {}
+    for n in others:
+        if ready.get(n.name, True):
+            extra[n.cloud] = extra.get(n.cloud, 0) + 1
+    adjusted = {c: max(0, m - extra.get(c, 0)) for c, m in mins.items()}
+    plan = plan_rolling(plan_nodes, batch=batch, canary=canary, min_ready=adjusted,
+                        max_fail=max_fail, pause_s=pause_s)
+    # the executor's live guard sees every node, so give it the real minimums and clouds
+    return RollingPlan(
+        batches=plan.batches,
+        clouds={n.name: n.cloud for n in inv.nodes},
+        min_ready=mins,
+        max_fail=plan.max_fail,
+        pause_s=plan.pause_s,
+    )
+
+
+def restart_nodes(
+    inv: Any,
+    transport: Callable[[Any], Any],
+    nodes: Sequence[str] | None = None,
+    *,
+    batch: str | int = 1,
+    canary: int = 0,
+    min_ready: str | int | Mapping[str, int] | None = None,
+    max_fail: int = 0,
+    pause_s: float = 0.0,
+    before_restart: Callable[[str], None] | None = None,
+    verify: Callable[[str], None] | None = None,
+    on_event: Event = _noop,
+    ops: RollingOps | None = None,
+) -> RollingResult:
+    """Rolling restart of `nodes` (default: every node) through the LBs; for the CLI and deploy.
+
+    `transport` is a factory inventory-host -> Transport (`ofactl.transport.ssh_factory(...)`).
+    Raises nothing for node failures: look at `result.ok` / `result.failed` (failed nodes are
+    left drained, the rest serve). The caller holds the fleet lock.
+    """
+    from ofactl.rollops import FleetOps  # I/O lives there; this module stays importable pure
+
+    names = [n.name for n in inv.nodes] if nodes is None else list(nodes)
+    fleet_ops: Any = ops if ops is not None else FleetOps(inv, transport)
+    try:
+        ready = fleet_ops.ready_nodes([n.name for n in inv.nodes])
+        plan = plan_for_inventory(inv, names, ready=ready, batch=batch, canary=canary,
+                                  min_ready=min_ready, max_fail=max_fail, pause_s=pause_s)
+        on_event("plan", plan.to_dict())
+        drain_s = float(max((n.agent.drain_timeout_s for n in inv.nodes), default=20))
+        ready_s = float(max((n.agent.ready_timeout_s for n in inv.nodes), default=300))
+        return execute_plan(plan, fleet_ops, drain_timeout_s=drain_s, ready_timeout_s=ready_s,
+                            before_restart=before_restart, verify=verify, on_event=on_event)
+    finally:
+        if ops is None:
+            fleet_ops.close()
