@@ -1,0 +1,174 @@
+"""The shared fleet fixture: one real lab (2 LBs + 4 nodes) per test session.
+
+Usage (tests of deploy, status, rolling restarts, drills)::
+
+    pytestmark = pytest.mark.lab
+
+    def test_deploy(lab_fleet):
+        inv = lab_fleet.inventory_path            # the lab inventory (docs/contracts.md)
+        lab_fleet.exec("node1", ["systemctl", "is-active", "ofa-agent"], timeout=10)
+        lab_fleet.fault("node1", "kill", "ofa-agent")
+        lab_fleet.fault("lb1", "crash"); lab_fleet.heal()
+
+Outside CI the fixture skips (with the reason) when the lab cannot run here (not root, tools
+missing); with CI=true it fails instead. Concurrent pytest sessions on one machine take turns
+(a session-long lock, bounded wait: $OFACTL_LAB_WAIT_S, default 600 s). With
+OFACTL_LAB_REUSE=1 a healthy running lab of the same shape is reused and left running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ofactl.lab import api
+from ofactl.lab.plan import LabHost
+
+FIXTURE_NODES = 4
+FIXTURE_LBS = 2
+SESSION_LOCK = Path("/run/ofactl-lab.session.lock")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _unavailable(reason: str) -> None:
+    """Fail in CI (a lab that cannot start must not pass silently); skip elsewhere."""
+    if _in_ci():
+        pytest.fail(f"lab fixture: {reason} (CI=true: the lab must run here)", pytrace=False)
+    pytest.skip(f"lab fixture: {reason}")
+
+
+@dataclass
+class LabFleet:
+    """A running lab as tests see it."""
+
+    name: str
+    inventory_path: Path
+    key_file: Path
+    known_hosts: Path
+    hosts: dict[str, LabHost]
+    vip: str = "10.213.0.100"
+    vip_cidr: str = api.VIP
+    runtime: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[str]:
+        """Node names (node1..)."""
+        return [n for n, h in self.hosts.items() if h.role == "node"]
+
+    @property
+    def lbs(self) -> list[str]:
+        """Load-balancer names (lb1, lb2)."""
+        return [n for n, h in self.hosts.items() if h.role == "lb"]
+
+    def address(self, host: str) -> str:
+        """The host's lab address."""
+        return self.hosts[host].address
+
+    def exec(self, host: str, argv: list[str] | str, timeout: float = 30.0,
+             input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run a command in a host out-of-band (nsenter, not SSH); a str runs under `sh -c`.
+
+        returncode 124 when it timed out; check=True raises AssertionError on non-zero exit.
+        """
+        args = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
+        proc = api.exec_in(host, args, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{host}: {args!r} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()[-500:]}")
+        return proc
+
+    def fault(self, host: str, action: str, service: str | None = None,
+              signal: str = "SIGKILL", timeout: float = 30.0) -> str:
+        """Inject a fault out-of-band (see ofactl.lab.api.fault for the actions)."""
+        return api.fault(host, action, service, signal=signal, timeout=timeout)
+
+    def status(self) -> api.LabInfo:
+        """Every host's health (container, systemd, sshd, link)."""
+        info = api.status()
+        assert info is not None, "the lab is gone"
+        return info
+
+    def heal(self, timeout: float = 40.0) -> None:
+        """Undo host faults: boot stopped/crashed hosts and bring every link up."""
+        info = self.status()
+        for hs in info.hosts:
+            if not hs.running:
+                api.fault(hs.host.name, "boot", timeout=timeout)
+            elif not hs.link:
+                api.fault(hs.host.name, "link-up")
+
+    def inventory_copy(self, dest: Path, model_dir: str | Path | None = None,
+                       **agent: Any) -> Path:
+        """A copy of the lab inventory at `dest`, with model.local_dir and agent keys set."""
+        doc = yaml.safe_load(self.inventory_path.read_text())
+        if model_dir is not None:
+            doc["model"]["local_dir"] = str(model_dir)
+        doc["agent"].update(agent)
+        dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return dest
+
+
+def _fleet_from(info: api.LabInfo) -> LabFleet:
+    p = info.plan
+    return LabFleet(name=p.name, inventory_path=p.inventory_path, key_file=p.key_file,
+                    known_hosts=p.known_hosts, hosts={h.name: h for h in p.hosts},
+                    runtime=p.runtime)
+
+
+def _take_session_lock() -> int:
+    wait = float(os.environ.get("OFACTL_LAB_WAIT_S", "600"))
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                _unavailable(f"another test session held the lab for {wait:g} s")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def lab_fleet() -> Iterator[LabFleet]:
+    """A real fleet (2 LBs + 4 nodes) for the whole session; removed at the end."""
+    problems = api.preflight_problems()
+    if problems:
+        _unavailable("; ".join(problems) + f" (fix: {api.INSTALL_HINT}, run as root)")
+    fd = _take_session_lock()
+    reuse = os.environ.get("OFACTL_LAB_REUSE", "") == "1"
+    keep = False
+    try:
+        info = api.status() if reuse else None
+        if (info is not None and info.healthy and len(info.plan.nodes) == FIXTURE_NODES
+                and len(info.plan.lbs) == FIXTURE_LBS):
+            keep = True
+        else:
+            try:
+                api.down()
+                info = api.up(nodes=FIXTURE_NODES, lbs=FIXTURE_LBS)
+            except Exception as exc:  # a lab that cannot start: fail in CI, skip elsewhere
+                _unavailable(f"lab up failed: {exc}")
+                raise
+        assert info is not None
+        yield _fleet_from(info)
+    finally:
+        try:
+            if not keep:
+                api.down()
+        finally:
+            os.close(fd)
