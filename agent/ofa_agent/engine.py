@@ -18,7 +18,6 @@ value the stock traverse pipeline returns for its label.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import platform
@@ -174,21 +173,15 @@ class Engine:
 
     def _load(self) -> None:
         torch = self._torch
-        ms_logger = logging.getLogger("modelscope")
-        old_level = ms_logger.level
-        ms_logger.setLevel(logging.ERROR)  # loader chatter about preprocessor lookup
-        try:
-            import modelscope
-            import transformers
-            from modelscope.models.multi_modal.ofa.utils.utils import expand_mask
-            from modelscope.pipelines import pipeline
-            from modelscope.preprocessors.ofa.utils.collate import collate_fn, collate_tokens
-            from modelscope.utils.constant import Tasks
+        import modelscope
+        import transformers
+        from modelscope.models.multi_modal.ofa.utils.utils import expand_mask
+        from modelscope.pipelines import pipeline
+        from modelscope.preprocessors.ofa.utils.collate import collate_fn, collate_tokens
+        from modelscope.utils.constant import Tasks
 
-            self._pipe = pipeline(Tasks.visual_entailment, model=str(self._overlay),
-                                  device="cpu" if self.device == "cpu" else self.device)
-        finally:
-            ms_logger.setLevel(old_level)
+        self._pipe = pipeline(Tasks.visual_entailment, model=str(self._overlay),
+                              device="cpu" if self.device == "cpu" else self.device)
         self._collate_fn = collate_fn
         self._collate_tokens = collate_tokens
         self._expand_mask = expand_mask
