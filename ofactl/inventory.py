@@ -748,8 +748,8 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
     ssh_cache: dict[str, SSHSettings] = {}
 
     # agent
-    agent_raw = c.mapping(top.get("agent", {}), "agent", _AGENT_KEYS,
-                          required=("token",)) if "agent" in top else None
+    agent_raw = c.mapping(top.get("agent", {}), "agent", _AGENT_KEYS) \
+        if "agent" in top else None
     agent_merged = {**_AGENT_DEFAULTS, **(agent_raw or {})}
     agent = _agent(c, agent_merged, "agent", None if agent_raw is not None else
                    SecretRef(env="OFA_AGENT_TOKEN", where="agent.token"))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ofactl.errors import EXIT_USAGE, OfactlError
 
@@ -62,10 +63,10 @@ def print_json(data: Any) -> None:
 
 def fail(err: OfactlError) -> typer.Exit:
     """Print an ofactl error as one red line plus a hint; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True,
+    err_console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, markup=True,
                       soft_wrap=True)
     if err.hint:
-        err_console.print(f"[yellow]hint:[/] {err.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(err.hint)}", highlight=False, soft_wrap=True)
     return typer.Exit(err.exit_code)
 
 
