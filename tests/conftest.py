@@ -8,4 +8,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 pytest_plugins = [
     "tests.fixtures_lab",
+    "tests.fixtures_model",
 ]
