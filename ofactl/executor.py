@@ -87,8 +87,9 @@ def run_one(host: H, fn: Callable[[H], Any], on_event: EventCb | None = None) ->
     except OfactlError as e:
         r = HostResult(name, False, error=e.message, hint=e.hint or "",
                        duration_s=time.monotonic() - t0)
-        if isinstance(e.__dict__.get("outcome"), HostOutcome):
-            r.changes = list(e.outcome.changes)  # type: ignore[attr-defined]
+        oc = getattr(e, "outcome", None)
+        if isinstance(oc, HostOutcome):
+            r.changes, r.data = list(oc.changes), dict(oc.data)
     except Exception as e:  # noqa: BLE001 - one host's bug must not sink the others
         r = HostResult(name, False, error=f"{name}: {type(e).__name__}: {e}",
                        hint="rerun with --verbose; this is a bug in ofactl",

@@ -1,0 +1,351 @@
+"""`ofactl status`: one concurrent look at the whole fleet and a verdict.
+
+Per node: SSH reachable + unit state + release/model links (one SSH probe), and over HTTP from
+this machine: ready, /v1/info (device, model digest, release, state), /metrics (p50/p99 from the
+request-duration histogram, in-flight). Per LB: nginx/keepalived active, config drift against
+what ofactl renders (sha256), and VIP holder from `ip -o -4 addr show`. All probes run at once
+(threads for SSH, one asyncio loop for HTTP), so 50 nodes take about as long as one.
+
+Verdict: 0 healthy, 1 degraded (anything flagged), 2 down (a VIP with no holder, or no node
+ready). `assess()` is pure and tested on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ofactl import commands, facts
+from ofactl.errors import OfactlError
+from ofactl.transport import Transport
+
+HEALTHY, DEGRADED, DOWN = 0, 1, 2
+VERDICT_NAMES = {HEALTHY: "healthy", DEGRADED: "degraded", DOWN: "down"}
+AGENT_UNIT = "ofa-agent"
+
+
+@dataclass
+class NodeStatus:
+    """What status found on one node."""
+
+    name: str
+    address: str = ""
+    cloud: str = ""
+    ssh: bool | None = None  # None = not probed (--no-ssh)
+    ssh_error: str = ""
+    unit: str = ""
+    ready: bool = False
+    ready_reason: str = ""
+    device: str = ""
+    expected_device: str = ""
+    release: str = ""
+    model_digest: str = ""
+    model_revision: str = ""
+    state: str = ""
+    p50_s: float | None = None
+    p99_s: float | None = None
+    inflight: float | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """--json form."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class LBStatus:
+    """What status found on one load balancer."""
+
+    name: str
+    site: str = ""
+    vip: str = ""
+    ssh: bool = False
+    ssh_error: str = ""
+    nginx: str = ""
+    keepalived: str = ""
+    vrrp: str = ""  # MASTER (holds the VIP) | BACKUP | -
+    holds_vip: bool = False
+    drift: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """--json form."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class FleetStatus:
+    """The whole picture plus the verdict."""
+
+    nodes: list[NodeStatus]
+    lbs: list[LBStatus]
+    vips: dict[str, list[str]]  # vip -> holders
+    verdict: int = HEALTHY
+    reasons: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    expected_digest: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """--json form."""
+        return {"verdict": VERDICT_NAMES[self.verdict], "exit_code": self.verdict,
+                "reasons": self.reasons, "duration_s": round(self.duration_s, 3),
+                "expected_digest": self.expected_digest or None,
+                "vips": self.vips, "nodes": [n.to_json() for n in self.nodes],
+                "lbs": [b.to_json() for b in self.lbs]}
+
+
+# ------------------------------------------------------------------------------ probes
+
+
+def node_ssh_probe_cmd(base_dir: str) -> str:
+    """Unit state and release/model link targets in one round trip."""
+    b = commands.q(base_dir)
+    return (f"systemctl is-active {AGENT_UNIT} 2>/dev/null; echo; "
+            f"readlink {b}/current 2>/dev/null; echo; readlink {b}/model 2>/dev/null; echo")
+
+
+def parse_node_ssh(text: str) -> tuple[str, str, str]:
+    """-> (unit state, current target, model target)."""
+    parts = [p.strip() for p in text.split("\n\n")]
+    parts += [""] * 3
+    unit = parts[0].splitlines()[0] if parts[0] else ""
+    return unit, parts[1], parts[2]
+
+
+def lb_ssh_probe_cmd(files: Sequence[str]) -> str:
+    """nginx/keepalived state, sha256 of managed files, addresses."""
+    fl = " ".join(commands.q(f) for f in files)
+    return ("echo '@@ofactl units'; for u in nginx keepalived; do "
+            "echo \"$u $(systemctl is-active $u 2>/dev/null) x\"; done; "
+            f"echo '@@ofactl files'; sha256sum -- {fl} 2>/dev/null || true; "
+            "echo '@@ofactl addr'; ip -o -4 addr show 2>/dev/null; echo '@@ofactl end'")
+
+
+async def _http_probe(client: Any, base: str, timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    async def get(path: str) -> tuple[int, str]:
+        try:
+            r = await client.get(base + path, timeout=timeout)
+            return r.status_code, r.text
+        except Exception as e:  # noqa: BLE001 - any transport error = no answer
+            return 0, type(e).__name__
+
+    (rc, rb), (ic, ib), (mc, mb) = await asyncio.gather(
+        get("/v2/health/ready"), get("/v1/info"), get("/metrics"))
+    out["ready"] = (rc, rb)
+    out["info"] = facts.parse_info(ib) if ic == 200 else {}
+    out["metrics"] = facts.parse_agent_metrics(mb) if mc == 200 else None
+    return out
+
+
+def http_probe_all(targets: Sequence[tuple[str, str]], timeout: float = 3.0,
+                   concurrency: int = 256) -> dict[str, dict[str, Any]]:
+    """GET ready/info/metrics of every (name, base_url) concurrently."""
+    import httpx
+
+    async def main() -> dict[str, dict[str, Any]]:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(name: str, base: str) -> tuple[str, dict[str, Any]]:
+                async with sem:
+                    return name, await _http_probe(client, base, timeout)
+
+            pairs = await asyncio.gather(*(one(n, b) for n, b in targets))
+        return dict(pairs)
+
+    return asyncio.run(main())
+
+
+def _url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
+def probe_node_ssh(t: Transport, node: Any, ns: NodeStatus) -> None:
+    """Fill ns from one SSH probe (errors are recorded, not raised)."""
+    try:
+        res = t.run(node_ssh_probe_cmd(node.agent.base_dir), timeout=10, readonly=True,
+                    check=False)
+        ns.ssh = True
+        ns.unit, cur, _model = parse_node_ssh(res.stdout)
+        if not ns.release and cur:
+            ns.release = cur.rsplit("/", 1)[-1]
+    except OfactlError as e:
+        ns.ssh, ns.ssh_error = False, e.message
+    finally:
+        t.close()
+
+
+def expected_lb_hashes(inv: Any, lb: Any, render_host: Callable[..., list[Any]] | None
+                       ) -> dict[str, str]:
+    """dest -> sha256 of what ofactl would render (secret files skipped when unresolvable)."""
+    if render_host is None:
+        from ofactl.render import render_host
+    try:
+        files = render_host(inv, lb.name, secrets=True)
+        skip_secret = False
+    except OfactlError:
+        files = render_host(inv, lb.name, secrets=False)
+        skip_secret = True
+    out = {}
+    for rf in files:
+        if skip_secret and getattr(rf, "secret", False):
+            continue
+        c = rf.content if isinstance(rf.content, bytes) else str(rf.content).encode()
+        out[rf.dest] = getattr(rf, "sha256", None) or hashlib.sha256(c).hexdigest()
+    return out
+
+
+def probe_lb(t: Transport, inv: Any, lb: Any, render_host: Callable[..., list[Any]] | None
+             ) -> LBStatus:
+    """One SSH probe of an LB: services, config drift, VIP."""
+    group = lb.group
+    st = LBStatus(lb.name, site=lb.site, vip=str(group.vip))
+    try:
+        want = expected_lb_hashes(inv, lb, render_host)
+        res = t.run(lb_ssh_probe_cmd(sorted(want)), timeout=10, readonly=True, check=False)
+        st.ssh = True
+        text = res.stdout
+        f = facts.parse_host_facts(text)
+        st.nginx = f.units.get("nginx", ("?", ""))[0]
+        st.keepalived = f.units.get("keepalived", ("?", ""))[0]
+        addr = text.split("@@ofactl addr", 1)[-1].split("@@ofactl end", 1)[0]
+        st.holds_vip = facts.holds_vip(addr, str(group.vip))
+        st.vrrp = "MASTER" if st.holds_vip else ("BACKUP" if st.keepalived == "active" else "-")
+        st.drift = [dest for dest, sha in sorted(want.items())
+                    if f.file_sha256.get(dest) != sha]
+    except OfactlError as e:
+        st.ssh_error = e.message
+    finally:
+        t.close()
+    return st
+
+
+# ------------------------------------------------------------------------------ verdict
+
+
+def assess(nodes: list[NodeStatus], lbs: list[LBStatus], vip_groups: dict[str, list[str]],
+           expected_digest: str = "") -> tuple[int, list[str], dict[str, list[str]]]:
+    """Flag odd nodes/LBs in place and return (verdict, reasons, vip -> holders).
+
+    vip_groups maps each VIP to the names of its LB members."""
+    reasons: list[str] = []
+    digests = Counter(n.model_digest for n in nodes if n.model_digest)
+    releases = Counter(n.release for n in nodes if n.release)
+    common_digest = expected_digest or (digests.most_common(1)[0][0] if digests else "")
+    common_release = releases.most_common(1)[0][0] if releases else ""
+    for n in nodes:
+        if n.ssh is False:
+            n.flags.append("ssh unreachable")
+        if n.ssh and n.unit != "active":
+            n.flags.append(f"unit {n.unit or 'unknown'}")
+        if not n.ready:
+            n.flags.append(f"not ready ({n.ready_reason or 'no answer'})")
+        if n.model_digest and common_digest and n.model_digest != common_digest:
+            n.flags.append(f"model digest {n.model_digest[:12]} differs "
+                           f"(fleet: {common_digest[:12]})")
+        if n.release and len(releases) > 1 and n.release != common_release:
+            n.flags.append(f"release {n.release} differs (fleet: {common_release})")
+        if n.expected_device == "cuda" and n.device and n.device != "cuda":
+            n.flags.append(f"device {n.device}, expected cuda")
+        for fl in n.flags:
+            reasons.append(f"{n.name}: {fl}")
+    by_name = {b.name: b for b in lbs}
+    holders: dict[str, list[str]] = {}
+    verdict = HEALTHY
+    for vip, members in vip_groups.items():
+        hs = [m for m in members if m in by_name and by_name[m].holds_vip]
+        holders[vip] = hs
+        if not hs:
+            reasons.append(f"VIP {vip}: no holder (outage)")
+            verdict = DOWN
+        elif len(hs) > 1:
+            reasons.append(f"VIP {vip}: {len(hs)} holders ({', '.join(hs)}): split-brain")
+            for m in hs:
+                by_name[m].flags.append("split-brain: holds the VIP with another LB")
+    for b in lbs:
+        if not b.ssh:
+            b.flags.append("ssh unreachable")
+        else:
+            if b.nginx != "active":
+                b.flags.append(f"nginx {b.nginx or 'unknown'}")
+            if b.keepalived != "active":
+                b.flags.append(f"keepalived {b.keepalived or 'unknown'}")
+            if b.drift:
+                b.flags.append("config drift: " + ", ".join(b.drift))
+        for fl in b.flags:
+            if "split-brain" not in fl:
+                reasons.append(f"{b.name}: {fl}")
+    if nodes and not any(n.ready for n in nodes):
+        reasons.append("no node is ready")
+        verdict = DOWN
+    if verdict == HEALTHY and reasons:
+        verdict = DEGRADED
+    return verdict, reasons, holders
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+
+def collect(inv: Any, transports: Callable[[Any], Transport] | None, *,
+            nodes: Sequence[Any] | None = None, lbs: Sequence[Any] | None = None,
+            expected_digest: str = "", http_timeout: float = 3.0, parallel: int = 32,
+            render_host: Callable[..., list[Any]] | None = None) -> FleetStatus:
+    """Probe everything concurrently and assess. transports=None skips SSH (HTTP only)."""
+    t0 = time.monotonic()
+    nodes = list(inv.nodes if nodes is None else nodes)
+    lbs = list(inv.lbs if lbs is None else lbs)
+    ns = {n.name: NodeStatus(n.name, address=str(n.address), cloud=getattr(n, "cloud", ""),
+                             expected_device=getattr(n.agent, "device", ""))
+          for n in nodes}
+    lb_out: dict[str, LBStatus] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes) + len(lbs))))
+    futs = []
+    if transports is not None:
+        for n in nodes:
+            futs.append(pool.submit(probe_node_ssh, transports(n), n, ns[n.name]))
+        for b in lbs:
+            futs.append(pool.submit(lambda b=b: lb_out.__setitem__(
+                b.name, probe_lb(transports(b), inv, b, render_host))))
+    http = http_probe_all([(n.name, _url(str(n.address), n.agent.port)) for n in nodes],
+                          timeout=http_timeout)
+    for f in futs:
+        f.result()
+    pool.shutdown()
+    for name, h in http.items():
+        s = ns[name]
+        code, body = h["ready"]
+        s.ready = code == 200
+        s.ready_reason = "" if s.ready else facts.ready_reason(code, body if code else "")
+        info = h["info"]
+        if info:
+            s.device = str(info.get("device", ""))
+            s.release = str(info.get("release", "") or s.release)
+            model = info.get("model") or {}
+            s.model_digest = str(model.get("digest", ""))
+            s.model_revision = str(model.get("revision", ""))
+            s.state = str(info.get("state", ""))
+        m = h["metrics"]
+        if m is not None:
+            s.p50_s, s.p99_s, s.inflight = m.p50_s, m.p99_s, m.inflight
+    lbl = [lb_out.get(b.name) or LBStatus(b.name, site=b.site, vip=str(b.group.vip),
+                                          ssh_error="not probed") for b in lbs]
+    groups: dict[str, list[str]] = {}
+    for b in lbs:
+        groups.setdefault(str(b.group.vip), []).append(b.name)
+    if transports is None:
+        groups = {}
+    nl = [ns[n.name] for n in nodes]
+    verdict, reasons, holders = assess(nl, lbl if transports is not None else [], groups,
+                                       expected_digest)
+    return FleetStatus(nl, lbl if transports is not None else [], holders, verdict, reasons,
+                       time.monotonic() - t0, expected_digest)
