@@ -143,32 +143,67 @@ def _take_session_lock() -> int:
             time.sleep(0.5)
 
 
+_SESSION: dict[str, Any] = {"fleet_up": False}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker of the lab's own create/remove tests."""
+    config.addinivalue_line(
+        "markers", "lab_lifecycle: creates and removes labs itself (runs before the shared "
+        "fleet exists)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Lab lifecycle tests first: they need the machine without the shared fleet."""
+    items.sort(key=lambda it: 0 if it.get_closest_marker("lab_lifecycle") else 1)
+
+
 @pytest.fixture(scope="session")
-def lab_fleet() -> Iterator[LabFleet]:
-    """A real fleet (2 LBs + 4 nodes) for the whole session; removed at the end."""
+def lab_machine() -> Iterator[None]:
+    """This machine can run a lab, and this session has it to itself (bounded wait)."""
     problems = api.preflight_problems()
     if problems:
         _unavailable("; ".join(problems) + f" (fix: {api.INSTALL_HINT}, run as root)")
     fd = _take_session_lock()
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def bare_machine(lab_machine: None) -> Iterator[None]:
+    """No lab before and after the test (for tests that create and remove labs themselves)."""
+    if _SESSION["fleet_up"]:
+        pytest.skip("the shared lab fleet is up; lifecycle tests run before it (ordering)")
+    api.down()
+    try:
+        yield
+    finally:
+        api.down()
+
+
+@pytest.fixture(scope="session")
+def lab_fleet(lab_machine: None) -> Iterator[LabFleet]:
+    """A real fleet (2 LBs + 4 nodes) for the whole session; removed at the end."""
     reuse = os.environ.get("OFACTL_LAB_REUSE", "") == "1"
     keep = False
+    info = api.status() if reuse else None
+    if (info is not None and info.healthy and len(info.plan.nodes) == FIXTURE_NODES
+            and len(info.plan.lbs) == FIXTURE_LBS):
+        keep = True
+    else:
+        try:
+            api.down()
+            info = api.up(nodes=FIXTURE_NODES, lbs=FIXTURE_LBS)
+        except Exception as exc:  # a lab that cannot start: fail in CI, skip elsewhere
+            _unavailable(f"lab up failed: {exc}")
+            raise
+    assert info is not None
+    _SESSION["fleet_up"] = True
     try:
-        info = api.status() if reuse else None
-        if (info is not None and info.healthy and len(info.plan.nodes) == FIXTURE_NODES
-                and len(info.plan.lbs) == FIXTURE_LBS):
-            keep = True
-        else:
-            try:
-                api.down()
-                info = api.up(nodes=FIXTURE_NODES, lbs=FIXTURE_LBS)
-            except Exception as exc:  # a lab that cannot start: fail in CI, skip elsewhere
-                _unavailable(f"lab up failed: {exc}")
-                raise
-        assert info is not None
         yield _fleet_from(info)
     finally:
-        try:
-            if not keep:
-                api.down()
-        finally:
-            os.close(fd)
+        _SESSION["fleet_up"] = False
+        if not keep:
+            api.down()

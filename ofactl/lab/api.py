@@ -64,6 +64,10 @@ def _quiet(_msg: str) -> None:
 
 # ---------------------------------------------------------------- preflight
 
+def _tool_present(tool: str) -> bool:
+    return any(Path(d, tool).exists() for d in TOOL_DIRS) or shutil.which(tool) is not None
+
+
 def preflight_problems() -> list[str]:
     """Why a lab cannot run on this machine (empty when it can)."""
     problems: list[str] = []
@@ -73,7 +77,7 @@ def preflight_problems() -> list[str]:
     if os.geteuid() != 0:
         problems.append("the lab needs root (network namespaces, mounts, cgroups)")
     missing = [f"{tool} ({pkg})" for tool, pkg in REQUIRED_TOOLS.items()
-               if not any(Path(d, tool).exists() for d in TOOL_DIRS) and not shutil.which(tool)]
+               if not _tool_present(tool)]
     if missing:
         problems.append("missing: " + ", ".join(missing))
     if not system.hierarchies():
@@ -84,6 +88,12 @@ def preflight_problems() -> list[str]:
     except OSError:
         pass
     return problems
+
+
+def _require_root(what: str) -> None:
+    if platform.system() != "Linux" or os.geteuid() != 0:
+        raise LabError(f"lab {what}: needs root on Linux",
+                       hint=f"run as root: sudo ofactl lab {what}")
 
 
 def preflight() -> None:
@@ -375,6 +385,7 @@ def _build(st: LabState, progress: Progress, ready_timeout: float) -> None:
 
 def down(progress: Progress = _quiet) -> DownReport:
     """Remove every lab on this machine (also after a crash or a killed `lab up`)."""
+    _require_root("down")
     t0 = time.monotonic()
     with _lock():
         labs = statemod.known_labs()
