@@ -40,6 +40,19 @@ _NAME_SHAPE = "a lowercase name of letters, digits and '-' (at most 63 character
 # --------------------------------------------------------------------------- model
 
 
+class FrozenMap(dict[str, str]):
+    """A read-only str -> str mapping that hashes, so hosts can go in sets and dict keys."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("inventory mappings are read-only")
+
+    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class SecretRef:
     """A secret given by reference ({env: VAR} or {file: PATH}); read only by resolve()."""
@@ -239,9 +252,9 @@ class MonitoringSettings:
 Host = Node | LBHost
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Inventory:
-    """A validated inventory."""
+    """A validated inventory (compared and hashed by identity)."""
 
     path: Path
     version: int
@@ -658,10 +671,12 @@ def _ssh_merged(c: _Checker, defaults: Mapping[str, Any], override: Any, path: s
     merged = {**defaults, **m}
     before = len(c.problems)
     s = _ssh(c, merged, path, check_files)
-    # Drop problems reported under the host path for keys it did not override.
+    # Drop problems reported under the host path for keys it did not override (a new user
+    # makes the sudo check the host's own).
+    own = set(m) | ({"sudo"} if "user" in m else set())
     kept = c.problems[:before] + [
         pr for pr in c.problems[before:]
-        if any(pr[0].startswith(_join(path, k) + ":") for k in m)]
+        if any(pr[0].startswith(_join(path, k) + ":") for k in own)]
     c.problems[:] = kept
     return s
 
@@ -879,8 +894,8 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
                       "device auto or cpu on a cpu node",
                       f"set accelerator: gpu on {name} or agent.device: auto")
             node = Node(name=name, address=address, site=sname, cloud=cloud,
-                        provider=provider, weight=weight, accelerator=acc, labels=labels,
-                        ssh=ssh, agent=node_agent)
+                        provider=provider, weight=weight, accelerator=acc,
+                        labels=FrozenMap(labels), ssh=ssh, agent=node_agent)
             site_nodes.append(node)
         group: LBGroup | None = None
         if s.get("lb") is not None:
@@ -1070,7 +1085,7 @@ def _lb(c: _Checker, raw: Any, path: str, site: str, ssh_defaults: Mapping[str, 
         return None
     return LBGroup(site=site, vip=vip, interface=iface, virtual_router_id=vrid,
                    advert_int=advert, auth_pass=auth, mode=mode, preempt=preempt,
-                   upstream=upstream, notify=notify, members=tuple(members),
+                   upstream=upstream, notify=FrozenMap(notify), members=tuple(members),
                    max_fails=max_fails, fail_timeout_s=fail_timeout, keepalive=keepalive,
                    proxy_next_upstream_tries=tries)
 

@@ -203,6 +203,25 @@ CASES: list[tuple[str, Mut | str, str]] = [
     ("ssh-nonroot-no-sudo", _set("sites.1.nodes.0.ssh", {"user": "ubuntu", "sudo": False}),
      "inv.yaml: sites[1].nodes[0].ssh.sudo: false for user 'ubuntu', expected true when "
      "user is not root"),
+    ("ssh-user-override-without-sudo", _set("sites.1.nodes.1.ssh", {"user": "ubuntu"}),
+     "inv.yaml: sites[1].nodes[1].ssh.sudo: false for user 'ubuntu', expected true when "
+     "user is not root"),
+    ("ssh-defaults-nonroot", _set("defaults.ssh.user", "deploy"),
+     "inv.yaml: defaults.ssh.sudo: false for user 'deploy', expected true when user is not "
+     "root"),
+    ("ssh-override-unknown-key", _set("sites.0.nodes.1.ssh", {"usr": "x"}),
+     "inv.yaml: sites[0].nodes[1].ssh.usr: unknown key, expected one of: user, port, "
+     "key_file, known_hosts, jump_host, connect_timeout, sudo"),
+    ("lb-member-missing-priority", _set("sites.0.lb.members.1.priority", _DELETE),
+     "inv.yaml: sites[0].lb.members[1].priority: missing, expected a value"),
+    ("lb-missing-vip", _set("sites.0.lb.vip", _DELETE),
+     "inv.yaml: sites[0].lb.vip: missing, expected a value"),
+    ("advert-int-zero", _set("sites.0.lb.advert_int", 0),
+     "inv.yaml: sites[0].lb.advert_int: got 0, expected an integer from 1 to 255"),
+    ("preempt-string", _set("sites.0.lb.preempt", "no"),
+     "inv.yaml: sites[0].lb.preempt: got 'no', expected true or false"),
+    ("upstream-bad", _set("sites.0.lb.upstream", "all"),
+     "inv.yaml: sites[0].lb.upstream: got 'all', expected fleet or site"),
     ("jump-host-bad", _set("defaults.ssh.jump_host", "not a host"),
      "inv.yaml: defaults.ssh.jump_host: got 'not a host', expected 'user@host:port' or null"),
     ("notify-unknown-kind", _set("sites.1.lb.notify", {"mastr": "/x.sh"}),
@@ -352,6 +371,14 @@ def test_overrides_are_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert c1.ssh.key_file == tmp_path / "id_test"
     assert inv.node("c2").ssh.user == "root"
     assert inv.agent.device == "auto"
+
+
+def test_hosts_are_hashable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inv = load_inventory(_prepare(tmp_path, lambda d: None).name)
+    assert len(set(inv.hosts)) == 8
+    with pytest.raises(TypeError):
+        inv.node("n1").labels["x"] = "y"  # type: ignore[index]
 
 
 def test_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
