@@ -903,11 +903,12 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
                         ssh_cache, unique_host, seen_vrids)
             if group is not None:
                 groups.append(group)
+                raw_members = list(s["lb"]["members"])
                 for m in group.members:
-                    mraw = next(x for x in s["lb"]["members"] if x.get("name") == m.name)
+                    idx, mraw = next((i, x) for i, x in enumerate(raw_members)
+                                     if isinstance(x, Mapping) and x.get("name") == m.name)
                     lb_ssh = _ssh_merged(
-                        c, ssh_defaults, mraw.get("ssh"),
-                        f"{sp}.lb.members[{s['lb']['members'].index(mraw)}].ssh",
+                        c, ssh_defaults, mraw.get("ssh"), f"{sp}.lb.members[{idx}].ssh",
                         "defaults.ssh", check_files, ssh_cache)
                     lbs.append(LBHost(name=m.name, address=m.address, site=sname,
                                       priority=m.priority, ssh=lb_ssh, group=group,

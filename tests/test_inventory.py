@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ofactl.cli import app
 from ofactl.errors import InventoryError, UsageError
 from ofactl.inventory import LBHost, Node, SecretRef, load_inventory
+from ofactl.render import render_all
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventory.example.yaml"
@@ -438,3 +439,42 @@ def test_show_redacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.exit_code == 0, table.output
     assert "tok-should-not-appear" not in table.output + result.output
     assert "[REDACTED]" in table.output
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+WEIRD: list[Any] = [None, 0, -1, "", "x", [], {}, True, 1.5, [1, "a"], {"k": None}]
+
+
+def test_no_traceback_for_any_weird_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Every key of the base inventory replaced by every odd value: only InventoryError."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "id_test").write_text("k\n")
+    checked = 0
+    for path in _paths(BASE):
+        for weird in WEIRD:
+            data = copy.deepcopy(BASE)
+            cur: Any = data
+            for k in path[:-1]:
+                cur = cur[k]
+            cur[path[-1]] = weird
+            p = tmp_path / "inv.yaml"
+            p.write_text(yaml.safe_dump(data))
+            try:
+                inv = load_inventory(p.name)
+            except InventoryError as err:
+                assert err.message.startswith("inv.yaml: ") and err.hint
+            else:
+                render_all(inv)  # whatever loads also renders
+            checked += 1
+    assert checked > 500
