@@ -22,6 +22,8 @@ RUNTIME_HINT = "install the agent runtime with `bash scripts/install-runtime.sh`
 LABELS = ("entailment", "contradiction", "neutral")
 LABEL_STYLE = {"entailment": "green", "contradiction": "red", "neutral": "yellow"}
 DEFAULT_TOKEN_ENV = "OFA_AGENT_TOKEN"
+# The one HTTP seam: tests put an httpx.MockTransport here (None = the real network).
+HTTP_TRANSPORT: Any = None
 
 
 # -- ofactl model tiny ---------------------------------------------------------------------
@@ -218,7 +220,7 @@ class EndpointPredictor:
         self.url = url.rstrip("/") + "/v1/predict"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._httpx = httpx
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self._client = httpx.Client(timeout=timeout, headers=headers, transport=HTTP_TRANSPORT)
 
     def describe(self) -> str:
         return self.url
@@ -324,8 +326,9 @@ def predict(
         show_default=False)] = None,
     endpoint: Annotated[str | None, typer.Option(
         help="Agent or load-balancer URL: POST URL/v1/predict.", show_default=False)] = None,
-    token_env: Annotated[str, typer.Option(
-        help="Environment variable holding the bearer token (--endpoint).")] = DEFAULT_TOKEN_ENV,
+    token_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the bearer token for --endpoint "
+             f"(default: ${DEFAULT_TOKEN_ENV} when set).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (--model).")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16 (CUDA only).")] =
         "float32",
@@ -340,7 +343,8 @@ def predict(
 
 
 def _predict(image: Path | None, text: str | None, premise: str | None, file: Path | None,
-             model: Path | None, endpoint: str | None, token_env: str, device: str, dtype: str,
+             model: Path | None, endpoint: str | None, token_env: str | None, device: str,
+             dtype: str,
              batch_size: int, timeout: float, json_out: bool) -> None:
     if file is not None and (image is not None or text is not None or premise is not None):
         raise UsageError("give either IMAGE TEXT [--premise P] or --file FILE.jsonl, not both")
@@ -365,7 +369,12 @@ def _predict(image: Path | None, text: str | None, premise: str | None, file: Pa
 
     predictor: LocalPredictor | EndpointPredictor
     if endpoint is not None:
-        token = os.environ.get(token_env) or None
+        if token_env is None:
+            token = os.environ.get(DEFAULT_TOKEN_ENV) or None
+        else:
+            token = os.environ.get(token_env) or None
+            if token is None:
+                raise UsageError(f"--token-env: ${token_env} is not set or empty")
         predictor = EndpointPredictor(endpoint, token, timeout)
     else:
         assert model is not None
