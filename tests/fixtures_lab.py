@@ -14,6 +14,8 @@ Outside CI the fixture skips (with the reason) when the lab cannot run here (not
 missing); with CI=true it fails instead. Concurrent pytest sessions on one machine take turns
 (a session-long lock, bounded wait: $OFACTL_LAB_WAIT_S, default 600 s). With
 OFACTL_LAB_REUSE=1 a healthy running lab of the same shape is reused and left running.
+agent.runtime in the inventory: $OFACTL_LAB_RUNTIME, else the first of this Python's venv and the
+repo's .venv that holds the pinned runtime (.ofa-runtime-*), else this Python's venv.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,6 +124,20 @@ class LabFleet:
         return dest
 
 
+def _runtime() -> str:
+    """The agent runtime the lab inventory names: $OFACTL_LAB_RUNTIME, else this Python's venv
+    when it holds the pinned runtime, else the repo's .venv when that does, else this venv."""
+    env = os.environ.get("OFACTL_LAB_RUNTIME")
+    if env:
+        return env
+    here = Path(sys.prefix)
+    repo_venv = Path(__file__).resolve().parents[1] / ".venv"
+    for venv in (here, repo_venv):
+        if list(venv.glob(".ofa-runtime-*")):
+            return str(venv)
+    return str(here)
+
+
 def _fleet_from(info: api.LabInfo) -> LabFleet:
     p = info.plan
     return LabFleet(name=p.name, inventory_path=p.inventory_path, key_file=p.key_file,
@@ -195,7 +212,7 @@ def lab_fleet(lab_machine: None) -> Iterator[LabFleet]:
     else:
         try:
             api.down()
-            info = api.up(nodes=FIXTURE_NODES, lbs=FIXTURE_LBS)
+            info = api.up(nodes=FIXTURE_NODES, lbs=FIXTURE_LBS, runtime=_runtime())
         except Exception as exc:  # a lab that cannot start: fail in CI, skip elsewhere
             _unavailable(f"lab up failed: {exc}")
             raise

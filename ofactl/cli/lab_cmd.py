@@ -59,9 +59,9 @@ def up_cmd(
     name: NameOpt = DEFAULT_NAME,
     model: Annotated[Path | None, typer.Option("--model", help="Model dir to put in the "
                                                "inventory as model.local_dir.")] = None,
-    runtime: Annotated[str | None, typer.Option("--runtime", help="Agent runtime venv the "
-                                                "inventory names (default: this Python's "
-                                                "prefix).")] = None,
+    runtime: Annotated[str | None, typer.Option("--runtime", envvar="OFACTL_LAB_RUNTIME",
+                                                help="Agent runtime venv the inventory names "
+                                                "(default: this Python's prefix).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the lab (or report the running one: nothing changes)."""

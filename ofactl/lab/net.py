@@ -20,11 +20,19 @@ def netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def _no_ipv6(link: str) -> None:
+    """Lab links carry only 10.213.0.0/24: no IPv6 link-local addresses on them."""
+    knob = Path("/proc/sys/net/ipv6/conf", link, "disable_ipv6")
+    if knob.exists():
+        knob.write_text("1")
+
+
 def create_bridge() -> None:
     """The bridge with the control side's address; no forwarding delay, no STP."""
     if not link_exists(BRIDGE):
         run(["ip", "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state",
              "0"], what="bridge")
+    _no_ipv6(BRIDGE)
     run(["ip", "addr", "replace", f"{BRIDGE_ADDR}/{PREFIX_LEN}", "dev", BRIDGE], what="bridge")
     run(["ip", "link", "set", BRIDGE, "up"], what="bridge")
 
@@ -34,9 +42,14 @@ def create_host_net(host: LabHost) -> None:
     ns = host.netns
     if not netns_exists(ns):
         run(["ip", "netns", "add", ns], what=host.name)
+    if Path("/proc/sys/net/ipv6").exists():
+        # eth0 is created after this: it inherits "default" (lo keeps ::1, loopback is fine)
+        run(["nsenter", f"--net={NETNS_DIR / ns}", "sysctl", "-q", "-w",
+             "net.ipv6.conf.default.disable_ipv6=1"], what=host.name)
     if not link_exists(host.veth):
         run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns",
              ns], what=host.name)
+    _no_ipv6(host.veth)
     run(["ip", "link", "set", host.veth, "master", BRIDGE, "up"], what=host.name)
     batch = (
         "link set lo up\n"

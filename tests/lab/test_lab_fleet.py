@@ -107,6 +107,8 @@ def test_no_default_route_and_only_lab_addresses(lab_fleet: LabFleet) -> None:
     addrs = lab_fleet.exec("node3", ["ip", "-4", "-o", "addr"], check=True).stdout
     found = {line.split()[3] for line in addrs.splitlines()}
     assert found == {"127.0.0.1/8", "10.213.0.22/24"}
+    addrs6 = lab_fleet.exec("node3", ["ip", "-6", "-o", "addr"], check=True).stdout
+    assert {line.split()[3] for line in addrs6.splitlines()} <= {"::1/128"}
 
 
 def test_agent_runtime_is_visible_inside_hosts(lab_fleet: LabFleet) -> None:
