@@ -396,3 +396,84 @@ def test_alert_thresholds(example_files: dict[str, list[RenderedFile]]) -> None:
         "ofa_agent_gpu_memory_used_bytes / ofa_agent_gpu_memory_total_bytes > 0.85")
     assert by["OfaAgentGpuMemoryHigh"]["labels"]["severity"] == "critical"
     assert by["OfactlVipFlapping"]["expr"] == "changes(ofactl_vip_holder[15m]) > 2"
+
+
+# --------------------------------------------------------------------------- live behaviour
+
+_LIVE_NGINX = r"""
+set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/log/nginx
+ip link set lo up
+nginx -c "$1"
+for i in $(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:81/ofactl-health 2>/dev/null \
+  && break; sleep 0.1; done
+echo "health=$(curl -sS http://127.0.0.1:81/ofactl-health)"
+curl -fsS http://127.0.0.1:80/ofactl-vip > /run/m.txt
+promtool check metrics < /run/m.txt
+echo "vip=$(grep -v '^#' /run/m.txt)"
+echo "other=$(curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:81/other)"
+echo "proxy=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 http://127.0.0.1:80/v1/info)"
+nginx -c "$1" -s stop
+"""
+
+
+def test_nginx_serves_health_and_vip_metric(rendered_out: Path) -> None:
+    """The rendered nginx.conf, running in an empty namespace, answers what keepalived and
+    Prometheus ask for (the upstream is unreachable there, hence 502)."""
+    _need("nginx", "unshare", "ip", "curl", "promtool", root=True)
+    conf = rendered_out / "dc1-lb1" / "etc/nginx/nginx.conf"
+    r = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "sh", "-c",
+                        _LIVE_NGINX, "sh", str(conf)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [x for x in r.stdout.splitlines() if "=" in x and not x.startswith(" ")]
+    assert lines == ["health=ok", 'vip=ofactl_vip_holder{site="dc1"} 150', "other=404",
+                     "proxy=502"], r.stdout
+
+
+_LIVE_VRRP = r"""
+set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/log/nginx
+ip link set lo up
+ip link add "$3" type bridge
+ip addr add "$4" dev "$3"
+ip link set "$3" up
+nginx -c "$1"
+keepalived --vrrp --dont-fork --log-console --no-syslog -f "$2" -p /run/ka.pid \
+  -r /run/vrrp.pid > /run/ka.log 2>&1 &
+for i in $(seq 1 100); do ip -o addr show dev "$3" | grep -q " $5 " && break; sleep 0.1; done
+echo "after-start: $(ip -o -4 addr show dev "$3" | awk '{print $4}' | tr '\n' ' ')"
+nginx -c "$1" -s stop
+for i in $(seq 1 60); do ip -o addr show dev "$3" | grep -q " $5 " || break; sleep 0.1; done
+echo "after-nginx-stop: $(ip -o -4 addr show dev "$3" | awk '{print $4}' | tr '\n' ' ')"
+kill "$(cat /run/ka.pid)"; sleep 0.5
+cat /run/ka.log
+"""
+
+
+def test_keepalived_takes_vip_and_tracks_nginx(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered keepalived.conf (real password) takes the VIP as MASTER, and gives it
+    up when chk_nginx fails."""
+    _need("nginx", "keepalived", "unshare", "ip", "curl", root=True)
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    inv = load_inventory(EXAMPLE, check_files=False)
+    files = {f.dest: f for f in render_host(inv, "dc1-lb1", secrets=True)}
+    (tmp_path / "nginx.conf").write_text(files[render.NGINX_CONF].content)
+    ka = tmp_path / "keepalived.conf"
+    ka.write_text(files[render.KEEPALIVED_CONF].content)
+    ka.chmod(0o600)
+    r = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "sh", "-c",
+                        _LIVE_VRRP, "sh", str(tmp_path / "nginx.conf"), str(ka), "eth0",
+                        "10.20.0.2/24", "10.20.0.100/24"],
+                       capture_output=True, text=True, timeout=90, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "after-start: 10.20.0.2/24 10.20.0.100/24 \n" in r.stdout, r.stdout
+    assert "after-nginx-stop: 10.20.0.2/24 \n" in r.stdout, r.stdout
+    assert "(VI_dc1) Entering MASTER STATE" in r.stdout
+    assert "VRRP_Script(chk_nginx) failed" in r.stdout
+    assert "(VI_dc1) Entering FAULT STATE" in r.stdout
+    assert SECRETS["OFA_VRRP_PASS_DC1"] not in r.stdout + r.stderr
