@@ -200,16 +200,29 @@ def nsenter_argv(init_pid: int, argv: list[str]) -> list[str]:
 
 def in_host(init_pid: int, argv: list[str], timeout: float = 10.0,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `argv` inside a host out-of-band (never through SSH); bounded by `timeout`."""
+    """Run `argv` inside a host out-of-band (never through SSH); bounded by `timeout`.
+
+    On timeout the whole process group (nsenter and the command inside the host) is killed and
+    the result has returncode 124.
+    """
+    cmd = nsenter_argv(init_pid, argv)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=system.clean_env(), start_new_session=True)
     try:
-        return subprocess.run(nsenter_argv(init_pid, argv), capture_output=True, text=True,
-                              timeout=timeout, input=input, env=system.clean_env(),
-                              stdin=None if input is not None else subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        return subprocess.CompletedProcess(exc.cmd, 124, out,
-                                           err + f"\ntimed out after {timeout:g} s")
+        out, err = proc.communicate(input=input, timeout=timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            out, err = "", ""
+        return subprocess.CompletedProcess(cmd, 124, out or "",
+                                           (err or "") + f"\ntimed out after {timeout:g} s")
 
 
 def system_state(init_pid: int) -> str:

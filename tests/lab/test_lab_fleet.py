@@ -214,3 +214,12 @@ def test_keepalived_moves_the_vip_between_the_lbs(lab_fleet: LabFleet) -> None:
             lab_fleet.exec(host, ["sh", "-c", "systemctl stop lab-test-keepalived; "
                                   f"systemctl reset-failed lab-test-keepalived; rm -f {conf}"])
     assert wait_until(lambda: not has_vip("lb1") and not has_vip("lb2"), 5)
+
+
+def test_exec_timeout_kills_the_command_inside_the_host(lab_fleet: LabFleet) -> None:
+    t0 = time.monotonic()
+    proc = lab_fleet.exec("node2", ["sleep", "37"], timeout=1)
+    assert proc.returncode == 124 and "timed out after 1 s" in proc.stderr
+    assert time.monotonic() - t0 < 5
+    left = lab_fleet.exec("node2", ["pgrep", "-f", "sleep 37"])
+    assert left.returncode == 1, left.stdout
