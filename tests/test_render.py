@@ -477,3 +477,25 @@ def test_keepalived_takes_vip_and_tracks_nginx(tmp_path: Path,
     assert "VRRP_Script(chk_nginx) failed" in r.stdout
     assert "(VI_dc1) Entering FAULT STATE" in r.stdout
     assert SECRETS["OFA_VRRP_PASS_DC1"] not in r.stdout + r.stderr
+
+
+def test_agent_env_is_understood_by_the_agent(example_files: dict[str, list[RenderedFile]],
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every OFA_AGENT_* line of agent.env parses with the agent's own settings loader."""
+    monkeypatch.syspath_prepend(str(REPO / "agent"))
+    config = pytest.importorskip("ofa_agent.config")
+    env = {}
+    for f in example_files["dc1-node1"]:
+        if f.dest == render.AGENT_ENV:
+            for line in f.content.splitlines():
+                if line and not line.startswith("#"):
+                    key, value = line.split("=", 1)
+                    env[key] = value
+    known = {"OFA_AGENT_" + name.upper() for name in config._OPTIONS}
+    assert set(env) <= known, set(env) - known
+    (tmp_path / "token").write_text("t\n")
+    env["OFA_AGENT_MODEL_DIR"] = str(tmp_path)  # the node's paths do not exist here
+    env["OFA_AGENT_TOKEN_FILE"] = str(tmp_path / "token")
+    s = config.load_settings([], env)
+    assert (s.node_name, s.port, s.device, s.max_batch_size) == ("dc1-node1", 8000, "cuda", 8)
