@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -22,21 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from .app import create_app
-    from .server import build_server
+    from .server import serve
 
-    app = create_app(settings)
-    agent = app.state.agent
-    server = build_server(agent, app)
-    server.run()
-    if agent.batcher is not None and agent.batcher.running:
-        # A forward is still running in the worker thread after the drain budget was spent;
-        # interpreter exit would join that thread, so leave now to keep the drain bound.
-        logging.getLogger("ofa_agent").warning("exiting with a forward still running")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    return serve(create_app(settings))
 
 
 if __name__ == "__main__":

@@ -245,7 +245,9 @@ class Agent:
             remaining = self.settings.request_timeout_s - (time.monotonic() - t0)
             if remaining <= 0:
                 raise DeadlineExceeded(self.settings.request_timeout_s)
-            results = await self.batcher.predict_many(pairs, remaining)
+            results = await self.batcher.predict_many(
+                pairs, remaining, self.settings.request_timeout_s
+            )
             answers = [self._answer(r) for r in results]
             status = 200
             return JSONResponse({"results": answers} if batch else answers[0])

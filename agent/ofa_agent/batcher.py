@@ -82,6 +82,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ofa-infer")
         self._task: asyncio.Task[None] | None = None
         self._running_pairs = 0
+        self._forward_busy = False  # set by the worker thread itself, so it outlives cancellation
         self._closed = False
 
     # --- state --------------------------------------------------------------------------
@@ -94,6 +95,18 @@ class Batcher:
     def running(self) -> int:
         """Pairs inside the forward that runs now."""
         return self._running_pairs
+
+    @property
+    def worker_busy(self) -> bool:
+        """True while the worker thread is inside engine.predict (even after close())."""
+        return self._forward_busy
+
+    def _run_forward(self, pairs: list[Any]) -> list[Any]:
+        self._forward_busy = True
+        try:
+            return self._predict(pairs)
+        finally:
+            self._forward_busy = False
 
     @property
     def pending(self) -> int:
@@ -129,8 +142,13 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- submitting ---------------------------------------------------------------------
-    def submit_many(self, pairs: Sequence[Any], timeout_s: float) -> list[asyncio.Future[Result]]:
-        """Queue pairs atomically (all or none: QueueFull) and return one future per pair."""
+    def submit_many(
+        self, pairs: Sequence[Any], timeout_s: float, report_s: float | None = None
+    ) -> list[asyncio.Future[Result]]:
+        """Queue pairs atomically (all or none: QueueFull) and return one future per pair.
+
+        `timeout_s` is the time left to the deadline; `report_s` the deadline named in a 504.
+        """
         if self._closed:
             raise NotReady("the agent is shutting down")
         if len(self._queue) + len(pairs) > self.max_queue:
@@ -140,18 +158,20 @@ class Batcher:
         futures = []
         for pair in pairs:
             fut: asyncio.Future[Result] = loop.create_future()
-            self._queue.append(_Item(pair, fut, now, now + timeout_s, timeout_s))
+            self._queue.append(_Item(pair, fut, now, now + timeout_s, report_s or timeout_s))
             futures.append(fut)
         self._wakeup.set()
         return futures
 
-    async def predict_many(self, pairs: Sequence[Any], timeout_s: float) -> list[Result]:
+    async def predict_many(
+        self, pairs: Sequence[Any], timeout_s: float, report_s: float | None = None
+    ) -> list[Result]:
         """Queue pairs and wait for all their answers, bounded by the deadline (504)."""
-        futures = self.submit_many(pairs, timeout_s)
+        futures = self.submit_many(pairs, timeout_s, report_s)
         try:
             done, _ = await asyncio.wait(futures, timeout=timeout_s)
             if len(done) < len(futures):
-                raise DeadlineExceeded(timeout_s)
+                raise DeadlineExceeded(report_s or timeout_s)
             return [f.result() for f in futures]
         finally:
             for f in futures:
@@ -199,7 +219,7 @@ class Batcher:
             self._running_pairs = len(batch)
             try:
                 predictions = await loop.run_in_executor(
-                    self._executor, self._predict, [it.pair for it in batch]
+                    self._executor, self._run_forward, [it.pair for it in batch]
                 )
                 if len(predictions) != len(batch):
                     raise RuntimeError(

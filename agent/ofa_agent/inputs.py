@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from . import images
 from .errors import ApiError
-
-# Formats Pillow decodes that make sense for a photo; others (PSD, EPS, ...) are refused.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -300,39 +296,10 @@ def parse_batch(body: bytes, content_type: str | None, limits: Limits) -> list[R
 
 # --- images -------------------------------------------------------------------------------
 def decode_image(data: bytes, max_pixels: int, where: str = "image") -> Image.Image:
-    """Decode image bytes to RGB, refusing non-images, odd formats, bombs and truncation."""
+    """Decode image bytes to RGB (ofa_agent.images), mapping each bad-image class to a 422."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ApiError(
-            422, "invalid_image", f"{where}: the bytes are not an image Pillow can identify"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(
-            422, "image_too_large", f"{where}: the image has more than {max_pixels} pixels"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bytes
-        raise ApiError(422, "invalid_image", f"{where}: cannot read the image ({exc})") from None
-    if img.format not in IMAGE_FORMATS:
-        raise ApiError(
-            422, "unsupported_image",
-            f"{where}: image format {img.format} is not accepted; use "
-            + ", ".join(IMAGE_FORMATS),
-        )
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ApiError(
-            422, "image_too_large",
-            f"{where}: {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-        )
-    if width < 1 or height < 1:
-        raise ApiError(422, "invalid_image", f"{where}: the image is empty ({width}x{height})")
-    try:
-        img.load()
-        return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
-        raise ApiError(
-            422, "invalid_image", f"{where}: the image data is truncated or corrupt ({exc})"
-        ) from None
+        return images.decode_image(data, max_pixels=max_pixels)
+    except images.ImageError as exc:
+        raise ApiError(422, exc.kind, f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure is still the client's bytes
+        raise ApiError(422, "bad_image", f"{where}: cannot decode the image ({exc})") from None

@@ -11,7 +11,9 @@ gets the rest of the budget and then cancels what is left, so the process always
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import time
 from types import FrameType
 
@@ -90,3 +92,19 @@ def build_server(agent: Agent, app: object) -> AgentServer:
         server_header=False,
     )
     return AgentServer(config, agent)
+
+
+def serve(app: object) -> int:
+    """Serve the app built by create_app until drained; returns the exit status."""
+    agent: Agent = app.state.agent  # type: ignore[attr-defined]
+    server = build_server(agent, app)
+    server.run()
+    if agent.batcher is not None and agent.batcher.worker_busy:
+        # A forward is still running in the worker thread after the drain budget was spent;
+        # interpreter exit would join that thread, so leave now to keep the drain bound.
+        log.warning("exiting with a forward still running (drain timeout reached)")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0

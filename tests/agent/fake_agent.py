@@ -12,11 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from fakes import FakeEngine, factory  # noqa: E402
-
+from agent_fakes import FakeEngine, factory  # noqa: E402
 from ofa_agent.app import create_app  # noqa: E402
 from ofa_agent.config import load_settings  # noqa: E402
-from ofa_agent.server import build_server  # noqa: E402
+from ofa_agent.server import serve  # noqa: E402
 
 
 def main() -> None:
@@ -24,8 +23,7 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     engine = FakeEngine(delay_s=float(os.environ.get("FAKE_DELAY_S", "0.05")))
     app = create_app(settings, factory(engine))
-    server = build_server(app.state.agent, app)
-    server.run()
+    sys.exit(serve(app))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ import threading
 import time
 
 import pytest
-from fakes import FakeEngine, FakePair, label_for
-
+from agent_fakes import FakeEngine, FakePair, label_for
 from ofa_agent.batcher import Batcher
 from ofa_agent.errors import DeadlineExceeded, NotReady, QueueFull
 
