@@ -326,6 +326,27 @@ class Inventory:
                 return g
         return None
 
+    def secret_refs(self) -> list[SecretRef]:
+        """Every distinct secret reference (agent token, each LB pair's VRRP password)."""
+        refs: list[SecretRef] = []
+        for ref in [self.agent.token, *(n.agent.token for n in self.nodes),
+                    *(g.auth_pass for g in self.lb_groups)]:
+            if ref not in refs:
+                refs.append(ref)
+        return refs
+
+    def check_secrets(self) -> None:
+        """Resolve every secret (values discarded); InventoryError listing the unreadable ones."""
+        problems: list[InventoryError] = []
+        for ref in self.secret_refs():
+            try:
+                ref.resolve()
+            except InventoryError as err:
+                problems.append(err)
+        if problems:
+            raise InventoryError("\n".join(f"{self.path}: {e.message}" for e in problems),
+                                 hint=problems[0].hint)
+
     def as_dict(self) -> dict[str, Any]:
         """The resolved inventory as plain data (secret values never included)."""
 

@@ -478,3 +478,24 @@ def test_no_traceback_for_any_weird_value(tmp_path: Path, monkeypatch: pytest.Mo
                 render_all(inv)  # whatever loads also renders
             checked += 1
     assert checked > 500
+
+
+def test_check_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _prepare(tmp_path, lambda d: None)
+    monkeypatch.delenv("T_TOKEN", raising=False)
+    monkeypatch.setenv("T_PASS", "pw")
+    result = CliRunner().invoke(app, ["inventory", "check", "-i", path.name, "--secrets"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: inv.yaml: agent.token: environment variable T_TOKEN is not set\n"
+        f"inv.yaml: sites[1].lb.auth_pass: cannot read secret file {tmp_path}/vrrp.pass: "
+        "No such file or directory\n"
+        "hint: export T_TOKEN=... (the value is never printed)\n")
+    monkeypatch.setenv("T_TOKEN", "tok-zzz")
+    (tmp_path / "vrrp.pass").write_text("pw2\n")
+    result = CliRunner().invoke(app, ["inventory", "check", "-i", path.name, "--secrets",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["secrets_checked"] is True
+    assert "tok-zzz" not in result.output

@@ -37,10 +37,19 @@ def _summary(inv: Inventory) -> dict[str, Any]:
 
 @inventory_app.command("check")
 @handle_errors
-def check_cmd(inventory: InventoryOpt = None, json_out: JsonOpt = False) -> None:
+def check_cmd(
+    inventory: InventoryOpt = None,
+    json_out: JsonOpt = False,
+    secrets: Annotated[bool, typer.Option(
+        "--secrets", help="Also resolve every secret reference (values are never shown).")
+    ] = False,
+) -> None:
     """Validate the inventory (every problem at once) and summarise it."""
     inv = load_inventory(inventory_path(inventory))
+    if secrets:
+        inv.check_secrets()
     s = _summary(inv)
+    s["secrets_checked"] = secrets
     if json_out:
         print_json(s)
         return
