@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 from agent_helpers import AgentProcess, b64, png_bytes
-
 from ofa_agent.config import ConfigError, load_settings
 
 FAKE = os.path.join(os.path.dirname(__file__), "fake_agent.py")
