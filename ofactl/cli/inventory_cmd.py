@@ -84,8 +84,8 @@ def show_cmd(inventory: InventoryOpt = None, json_out: JsonOpt = False) -> None:
                 "ssh", "labels"):
         t.add_column(col)
     for n in inv.nodes:
-        ssh = f"{n.ssh.user}@:{n.ssh.port}" + (f" via {n.ssh.jump_host}" if n.ssh.jump_host
-                                              else "") + (" sudo" if n.ssh.sudo else "")
+        ssh = f"{n.ssh.user}:{n.ssh.port}" + (f" via {n.ssh.jump_host}" if n.ssh.jump_host
+                                             else "") + (" sudo" if n.ssh.sudo else "")
         t.add_row(n.name, n.site, n.cloud, n.address, str(n.weight), n.accelerator,
                   f"{n.agent.device}/{n.agent.dtype}", str(n.agent.port), ssh,
                   ",".join(f"{k}={v}" for k, v in n.labels.items()))
