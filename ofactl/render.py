@@ -159,7 +159,8 @@ def _lb_files(inv: Inventory, lb: LBHost, drained: frozenset[str], secrets: bool
     tmpl = "nginx/nginx.conf.j2"
     nginx = render_template(
         tmpl, banner=_banner(inv.fleet, tmpl), fleet=inv.fleet, lb=lb, group=group,
-        servers=servers, max_body_bytes=max_body, request_timeout_s=request_timeout,
+        servers=servers, vip_listen=_host_port_addr(group.vip_address),
+        max_body_bytes=max_body, request_timeout_s=request_timeout,
         read_timeout_s=read_timeout, connect_timeout_s=3,
         next_upstream_timeout_s=read_timeout * group.proxy_next_upstream_tries)
 
@@ -196,7 +197,10 @@ def _prometheus_files(inv: Inventory) -> list[RenderedFile]:
     assert inv.monitoring is not None
     tmpl = "prometheus/prometheus.yml.j2"
     conf = render_template(tmpl, banner=_banner(inv.fleet, tmpl), fleet=inv.fleet,
-                           monitoring=inv.monitoring, groups=inv.lb_groups)
+                           monitoring=inv.monitoring,
+                           vips=[{"site": g.site, "vip": g.vip_address,
+                                  "target": f"{_host_port_addr(g.vip_address)}:80"}
+                                 for g in inv.lb_groups])
     tmpl_r = "prometheus/ofactl.rules.yml.j2"
     rules = render_template(tmpl_r, banner=_banner(inv.fleet, tmpl_r), fleet=inv.fleet)
     # file_sd is JSON, which has no comments: this one file carries no banner.

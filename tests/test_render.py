@@ -499,3 +499,42 @@ def test_agent_env_is_understood_by_the_agent(example_files: dict[str, list[Rend
     env["OFA_AGENT_TOKEN_FILE"] = str(tmp_path / "token")
     s = config.load_settings([], env)
     assert (s.node_name, s.port, s.device, s.max_batch_size) == ("dc1-node1", 8000, "cuda", 8)
+
+
+def test_ipv6_fleet_passes_the_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IPv6 LB pair: bracketed upstreams and scrape targets, a wildcard [::]:80 listener
+    (a BACKUP does not hold the VIP, so nginx must not bind it)."""
+    _need("nginx", "keepalived", "promtool", "unshare", "ip", root=True)
+    data = yaml.safe_load(EXAMPLE.read_text())
+    lb = data["sites"][0]["lb"]
+    lb["vip"] = "fd00::100/64"
+    lb["members"][0]["address"], lb["members"][1]["address"] = "fd00::2", "fd00::3"
+    data["sites"][0]["nodes"][0]["address"] = "fd00::11"
+    (tmp_path / "inv.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    inv = load_inventory(tmp_path / "inv.yaml", check_files=False)
+    for host in ("dc1-lb1", "dc1-lb2"):
+        files = {f.dest: f for f in render_host(inv, host, secrets=True)}
+        nginx = tmp_path / f"{host}-nginx.conf"
+        nginx.write_text(files[render.NGINX_CONF].content)
+        assert "server [fd00::11]:8000 weight=3" in nginx.read_text()
+        assert "listen [::]:80 default_server;" in nginx.read_text()
+        script = ("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log/nginx && "
+                  'exec nginx -t -q -c "$1"')
+        r = _run(["unshare", "--net", "--mount", "sh", "-c", script, "sh", str(nginx)])
+        assert (r.returncode, r.stdout + r.stderr) == (0, "")
+        ka = tmp_path / f"{host}-keepalived.conf"
+        ka.write_text(files[render.KEEPALIVED_CONF].content)
+        r = _run(["unshare", "--net", "sh", "-c",
+                  'ip link add eth0 type bridge && exec keepalived -t -f "$1"', "sh", str(ka)])
+        assert (r.returncode, r.stdout + r.stderr) == (0, "")
+    prom = {f.dest: f for f in render_host(inv, "dc1-lb1")}
+    pdir = tmp_path / "prometheus"
+    for dest in (render.PROM_CONF, render.PROM_RULES, render.PROM_FILE_SD):
+        p = pdir / dest.removeprefix("/etc/prometheus/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(prom[dest].content)
+    assert '- targets: ["[fd00::100]:80"]' in prom[render.PROM_CONF].content
+    r = _run(["promtool", "check", "config", str(pdir / "prometheus.yml")])
+    assert r.returncode == 0, r.stdout + r.stderr
