@@ -156,13 +156,21 @@ class DeployContext:
     validation_argv: Callable[[Any, str], Any] | None = None
     on_event: EventCb | None = None
     facts: dict[str, HostFacts] = field(default_factory=dict)
+    rendered: dict[str, list[Any]] = field(default_factory=dict)
 
     def render(self, name: str, drained: Iterable[str] = ()) -> list[Any]:
-        """Rendered files for a host (secrets resolved: they are compared by hash only)."""
+        """Rendered files for a host (secrets resolved: they are compared by hash only);
+        cached per host for the undrained case so one run uses one rendering."""
+        drained = frozenset(drained)
+        if not drained and name in self.rendered:
+            return self.rendered[name]
         fn = self.render_host
         if fn is None:
             from ofactl.render import render_host as fn  # type: ignore[no-redef]
-        return list(fn(self.inv, name, drained=frozenset(drained), secrets=True))
+        files = list(fn(self.inv, name, drained=drained, secrets=True))
+        if not drained:
+            self.rendered[name] = files
+        return files
 
     def validator(self) -> Callable[[Any, str], Any]:
         """render.validation_argv (pluggable for tests)."""
@@ -186,22 +194,25 @@ def _sha(rf: Any) -> str:
 
 
 def gather_facts(t: Transport, host: Any, files: Sequence[str] = (),
-                 extra_files: Sequence[str] = ()) -> HostFacts:
-    """One read-only round trip: OS, Python, disk, systemd, GPU, links, hashes, unit states."""
+                 extra_files: Sequence[str] = (), units: Sequence[str] = ()) -> HostFacts:
+    """One read-only round trip: OS, Python, disk, systemd, GPU, links, hashes, unit states
+    (the agent unit on nodes; nginx, keepalived and `units` on LBs)."""
     agent = getattr(host, "agent", None)
     is_node = getattr(host, "role", "node") == "node" and agent is not None
     base = agent.base_dir if is_node else "/var/lib/ofactl"
     cmd = facts.host_facts_cmd(
         base_dir=base, runtime=agent.runtime if is_node else None,
-        files=[*files, *extra_files], units=(AGENT_UNIT,) if is_node else LB_UNITS)
+        files=[*files, *extra_files],
+        units=(AGENT_UNIT,) if is_node else tuple(dict.fromkeys([*LB_UNITS, *units])))
     res = t.run(cmd, timeout=DEFAULT_TIMEOUT, readonly=True)
     return facts.parse_host_facts(res.stdout)
 
 
 def preflight(t: Transport, host: Any, files: Sequence[str] = (),
-              extra_files: Sequence[str] = ()) -> tuple[HostFacts, list[str]]:
+              extra_files: Sequence[str] = (), units: Sequence[str] = ()
+              ) -> tuple[HostFacts, list[str]]:
     """Facts plus the problems that make the host unfit (empty = go)."""
-    f = gather_facts(t, host, files, extra_files)
+    f = gather_facts(t, host, files, extra_files, units)
     need_gpu = getattr(host, "accelerator", "cpu") == "gpu"
     return f, facts.preflight_problems(f, need_gpu=need_gpu)
 
@@ -533,6 +544,9 @@ def push_lb_configs(t: Transport, lb: Any, files: Sequence[Any], f: HostFacts,
     touched = sorted({getattr(rf, "service", None) or "" for rf in changed} - {""})
     for svc in services:
         active, enabled = f.unit_active(svc), f.unit_enabled(svc)
+        if f.units.get(svc, ("", ""))[1] in ("masked", "missing", "not-found"):
+            out.note(f"{svc} is {f.units[svc][1]} on this host: config installed, not started")
+            continue
         try:
             if not active:
                 t.run(commands.enable_now(svc) if not enabled else commands.systemctl("start", svc),
@@ -566,7 +580,8 @@ def deploy_lb(t: Transport, lb: Any, ctx: DeployContext,
     """Render this LB's files and push them with validate/backup/swap/reload."""
     out = HostOutcome()
     files = ctx.render(lb.name, drained)
-    f = ctx.facts.get(lb.name) or gather_facts(t, lb, [rf.dest for rf in files])
+    units = sorted({rf.service for rf in files if getattr(rf, "service", None)})
+    f = ctx.facts.get(lb.name) or gather_facts(t, lb, [rf.dest for rf in files], units=units)
     if progress:
         progress.step("configs")
     push_lb_configs(t, lb, files, f, ctx, out)
@@ -634,11 +649,13 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
     try:
         # 1. preflight (also the facts every later step decides from)
         def pre(h: Any) -> HostOutcome:
-            files = [rf.dest for rf in ctx.render(h.name)]
+            rendered = ctx.render(h.name)
+            files = [rf.dest for rf in rendered]
+            units = sorted({rf.service for rf in rendered if getattr(rf, "service", None)})
             extra = []
             if getattr(h, "role", "node") == "node" and ctx.model is not None:
                 extra.append(f"{h.agent.base_dir}/models/{ctx.model.digest12}/{MANIFEST_NAME}")
-            f, problems = preflight(tr(h), h, files, extra)
+            f, problems = preflight(tr(h), h, files, extra, units)
             ctx.facts[h.name] = f
             o = HostOutcome()
             o.data = preflight_row(h.name, f, problems)

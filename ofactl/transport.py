@@ -307,19 +307,6 @@ class SSHTransport:
             deadline = t0 + timeout
             exited_at: float | None = None
             while True:
-                now = time.monotonic()
-                if now > deadline:
-                    chan.close()
-                    raise TransportError(
-                        f"{self.host}: '{text[:120]}' timed out after {timeout:g} s",
-                        hint="the host may be overloaded; rerun, or raise the timeout")
-                # A background job that keeps our stdout open must not hang us: once the
-                # command exited, give its output a short grace and stop reading.
-                if chan.exit_status_ready():
-                    exited_at = exited_at or now
-                    if now - exited_at > 0.5:
-                        break
-                select.select([chan], [], [], min(0.2, max(0.0, deadline - now)))
                 got = False
                 while chan.recv_ready():
                     out += chan.recv(65536)
@@ -327,8 +314,21 @@ class SSHTransport:
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     got = True
-                if chan.exit_status_ready() and not got and chan.eof_received:
-                    break
+                now = time.monotonic()
+                if chan.exit_status_ready():
+                    # A background job that keeps our stdout open must not hang us: once the
+                    # command exited, give its output a short grace and stop reading.
+                    exited_at = exited_at or now
+                    if (chan.eof_received and not got) or now - exited_at > 0.5:
+                        break
+                if now > deadline:
+                    chan.close()
+                    raise TransportError(
+                        f"{self.host}: '{text[:120]}' timed out after {timeout:g} s",
+                        hint="the host may be overloaded; rerun, or raise the timeout")
+                # exit-status does not wake select(); poll faster once EOF arrived
+                wait = 0.01 if chan.eof_received else 0.2
+                select.select([chan], [], [], min(wait, max(0.0, deadline - now)))
             code = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -351,6 +351,15 @@ class SSHTransport:
         tmp = f"{tmp_dir}/.{os.path.basename(dest)}.ofactl-{uuid.uuid4().hex[:8]}"
         try:
             sftp = self._sftp_client()
+        except (paramiko.SSHException, EOFError):
+            # no SFTP subsystem on the host: stream through `cat` instead
+            body = data.read_bytes() if isinstance(data, Path) else data
+            self.run(f"umask 077 && cat > {shlex.quote(tmp)}", timeout=timeout, stdin=body)
+            from ofactl import commands
+
+            self.run(commands.install_tmp(tmp, dest, mode, owner, group), timeout=timeout)
+            return
+        try:
             chan = sftp.get_channel()
             if chan is not None:
                 chan.settimeout(timeout)
