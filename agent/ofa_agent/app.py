@@ -122,7 +122,10 @@ class Agent:
                 dtype=str(engine.dtype), release=s.release,
             ).set(1)
             ready, reason = self.readiness()
-            log.info("ready" if ready else "not ready: %s", reason)
+            if ready:
+                log.info("ready")
+            else:
+                log.warning("not ready: %s", reason)
         except Exception as exc:  # noqa: BLE001 - reported through readiness, the process stays
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")

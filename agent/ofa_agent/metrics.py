@@ -8,8 +8,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+
+# The *_created series double the output and nothing here uses them.
+disable_created_metrics()
 
 PREFIX = "ofa_agent_"
 OUTCOMES = ("ok", "client_error", "rejected", "timeout", "error")
