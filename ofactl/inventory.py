@@ -939,12 +939,11 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
                           lb=group))
 
     # VIP must not be a host's own address.
-    for gi, g in enumerate(groups):
+    for g in groups:
         if g.vip_address.lower() in seen_addrs:
             c.bad(f"sites[{_site_index(raw_sites, g.site)}].lb.vip",
                   f"{g.vip_address} is also the address of {seen_addrs[g.vip_address.lower()]}",
                   "a free address for the VIP", "pick an unused address in the subnet")
-        del gi
 
     # monitoring
     monitoring: MonitoringSettings | None = None
