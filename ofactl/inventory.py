@@ -938,12 +938,19 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
         sites.append(Site(name=sname, cloud=cloud, provider=provider, nodes=tuple(site_nodes),
                           lb=group))
 
-    # VIP must not be a host's own address.
+    # A VIP is nobody's own address and belongs to one LB pair only.
+    seen_vips: dict[str, str] = {}
     for g in groups:
+        where = f"sites[{_site_index(raw_sites, g.site)}].lb.vip"
         if g.vip_address.lower() in seen_addrs:
-            c.bad(f"sites[{_site_index(raw_sites, g.site)}].lb.vip",
+            c.bad(where,
                   f"{g.vip_address} is also the address of {seen_addrs[g.vip_address.lower()]}",
                   "a free address for the VIP", "pick an unused address in the subnet")
+        elif g.vip_address in seen_vips:
+            c.bad(where, f"duplicate VIP {g.vip_address} (first at {seen_vips[g.vip_address]})",
+                  "one VIP per LB pair", "give each LB pair its own VIP")
+        else:
+            seen_vips[g.vip_address] = where
 
     # monitoring
     monitoring: MonitoringSettings | None = None

@@ -142,6 +142,11 @@ CASES: list[tuple[str, Mut | str, str]] = [
     ("vip-is-host-address", _set("sites.0.lb.vip", "10.0.0.12/24"),
      "inv.yaml: sites[0].lb.vip: 10.0.0.12 is also the address of sites[0].nodes[1].address, "
      "expected a free address for the VIP"),
+    ("duplicate-vip", _all(
+        _set("sites.1.lb.vip", "10.0.0.100/24"), _set("sites.1.lb.members.0.address", "10.0.0.4"),
+        _set("sites.1.lb.members.1.address", "10.0.0.5")),
+     "inv.yaml: sites[1].lb.vip: duplicate VIP 10.0.0.100 (first at sites[0].lb.vip), "
+     "expected one VIP per LB pair"),
     ("unicast-one-member", _set("sites.0.lb.members", [
         {"name": "lb1", "address": "10.0.0.2", "priority": 150}]),
      "inv.yaml: sites[0].lb.members: unicast with 1 member and no peer, expected at least 2 "
@@ -302,6 +307,11 @@ HINTS = [
     ("notify-unknown-kind", "did you mean 'master'?"),
     ("monitoring-unknown-host", "did you mean 'lb2'?"),
     ("token-inline", "move the value out of the inventory, e.g. token: {env: OFA_AGENT_TOKEN}"),
+    ("duplicate-vip", _all(
+        _set("sites.1.lb.vip", "10.0.0.100/24"), _set("sites.1.lb.members.0.address", "10.0.0.4"),
+        _set("sites.1.lb.members.1.address", "10.0.0.5")),
+     "inv.yaml: sites[1].lb.vip: duplicate VIP 10.0.0.100 (first at sites[0].lb.vip), "
+     "expected one VIP per LB pair"),
     ("unicast-one-member", "add the second LB host, or use mode: multicast for a single LB"),
     ("two-problems", "set port to an integer from 1 to 65535 (2 problems in all, fix them top "
                      "to bottom)"),
