@@ -307,11 +307,6 @@ HINTS = [
     ("notify-unknown-kind", "did you mean 'master'?"),
     ("monitoring-unknown-host", "did you mean 'lb2'?"),
     ("token-inline", "move the value out of the inventory, e.g. token: {env: OFA_AGENT_TOKEN}"),
-    ("duplicate-vip", _all(
-        _set("sites.1.lb.vip", "10.0.0.100/24"), _set("sites.1.lb.members.0.address", "10.0.0.4"),
-        _set("sites.1.lb.members.1.address", "10.0.0.5")),
-     "inv.yaml: sites[1].lb.vip: duplicate VIP 10.0.0.100 (first at sites[0].lb.vip), "
-     "expected one VIP per LB pair"),
     ("unicast-one-member", "add the second LB host, or use mode: multicast for a single LB"),
     ("two-problems", "set port to an integer from 1 to 65535 (2 problems in all, fix them top "
                      "to bottom)"),
