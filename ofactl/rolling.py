@@ -182,7 +182,8 @@ def plan_rolling(
                 break
             cloud = clouds[name]
             cost = 1 if ready[name] else 0
-            if ready_count[cloud] - drained.get(cloud, 0) - cost < mins[cloud]:
+            # a node that is not ready costs no capacity: it may always go
+            if cost and ready_count[cloud] - drained.get(cloud, 0) - cost < mins[cloud]:
                 continue
             taken.append(name)
             drained[cloud] = drained.get(cloud, 0) + cost

@@ -89,6 +89,13 @@ def test_guard_counts_unready_nodes_as_free() -> None:
     assert batches(plan) == [["a", "b"], ["c"]]
 
 
+def test_unready_nodes_of_a_cloud_below_minimum_still_restart() -> None:
+    nodes = [PlanNode("a", "public", ready=False), PlanNode("b", "public", ready=False),
+             PlanNode("c", "private"), PlanNode("d", "private")]
+    plan = plan_rolling(nodes, batch=2, min_ready=1)
+    assert batches(plan) == [["a", "b"], ["c"], ["d"]]
+
+
 def test_guard_refuses_a_cloud_that_cannot_lose_a_node() -> None:
     with pytest.raises(UsageError) as err:
         plan_rolling([PlanNode("solo", "public"), PlanNode("x", "private"),

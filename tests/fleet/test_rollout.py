@@ -146,7 +146,7 @@ def test_rollback_returns_previous_release_while_serving(deployed_fleet: Any) ->
     for n in inv.nodes:
         f = parse_facts(deployed_fleet.exec(n.name, facts_cmd(base), timeout=10).stdout)
         state[n.name] = f
-        older = "20000101000000-" + f.current.rsplit("-", 1)[-1][:8]
+        older = "20000101000000-00000000"  # sorts before any real release id
         deployed_fleet.exec(n.name, f"test -e {base}/releases/{older} || "
                             f"cp -a {base}/releases/{f.current} {base}/releases/{older}",
                             timeout=30, check=True)
