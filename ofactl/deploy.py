@@ -371,8 +371,20 @@ def push_model(t: Transport, node: Any, f: HostFacts, model: LocalModel,
     linked = os.path.basename(f.model.rstrip("/")) == d12
     manifest_sha = hashlib.sha256(model.manifest_bytes).hexdigest()
     if linked and f.file_sha256.get(manifest_path) == manifest_sha:
-        out.note(f"model {d12} unchanged")
-        return False
+        # cheap check (sizes, no hashing): catches missing/truncated/appended files; a full
+        # re-hash is `ofactl model verify`
+        sizes = {rel: int(meta.get("size", -1)) for rel, meta in model.manifest.files.items()}
+        res = t.run(f"cd {q(dest)} && stat -c '%s %n' -- "
+                    + " ".join(q(r) for r in sorted(sizes)) + " 2>/dev/null || true",
+                    timeout=DEFAULT_TIMEOUT, readonly=True, check=False)
+        have = {}
+        for line in res.stdout.splitlines():
+            size, _, rel = line.partition(" ")
+            if size.isdigit():
+                have[rel] = int(size)
+        if have == sizes:
+            out.note(f"model {d12} unchanged")
+            return False
     if not linked and d12 not in f.models and f.model:
         # seed from the live snapshot with hard links: unchanged files cost nothing to push
         old = f"{a.base_dir}/model"
@@ -660,13 +672,15 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
             o = HostOutcome()
             o.data = preflight_row(h.name, f, problems)
             if problems:
-                raise OperationError(f"{h.name}: " + "; ".join(problems))
+                e = OperationError(f"{h.name}: " + "; ".join(problems),
+                                   hint="fix the host (or deselect it with --nodes)")
+                e.outcome = o  # type: ignore[attr-defined]
+                raise e
             return o
 
         pres = run_parallel(hosts, pre, parallel, ctx.on_event)
         for h, r in zip(hosts, pres, strict=True):
-            report.preflight.append(r.data if r.data else
-                                    preflight_row(h.name, ctx.facts.get(h.name), [], r.error))
+            report.preflight.append(r.data if r.data else preflight_row(h.name, None, [], r.error))
         dry = any(tr(h).dry_run for h in hosts)
         report.dry_run = dry
         bad = [r for r in pres if not r.ok]
