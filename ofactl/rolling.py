@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -369,8 +370,8 @@ def execute_plan(
             on_event("drain", {"nodes": sorted(batch.nodes)})
             ops.set_drained(drained_now)
             busy = ops.wait_idle(list(batch.nodes), drain_timeout_s)
-            outcomes: list[NodeOutcome] = []
-            for node in batch.nodes:
+            def one(node: str, busy: dict[str, str] = busy, index: int = batch.index
+                    ) -> NodeOutcome:
                 t0 = clock()
                 warnings = (
                     [f"still busy after {drain_timeout_s:g} s: {busy[node]}"]
@@ -386,20 +387,25 @@ def execute_plan(
                     ops.smoke(node)
                     if verify is not None:
                         verify(node)
-                    outcomes.append(NodeOutcome(node, batch.index, True, clock() - t0,
-                                                warnings=warnings))
                     on_event("node_ok", {"node": node, "seconds": clock() - t0})
+                    return NodeOutcome(node, index, True, clock() - t0, warnings=warnings)
                 except OperationError as err:
                     try:
                         evidence = ops.evidence(node)
                     except OperationError as ev_err:
                         evidence = {"error": str(ev_err)}
-                    outcomes.append(NodeOutcome(node, batch.index, False, clock() - t0,
-                                                error=str(err), evidence=evidence,
-                                                warnings=warnings))
-                    failed.add(node)
                     on_event("node_failed", {"node": node, "error": str(err),
                                              "evidence": evidence})
+                    return NodeOutcome(node, index, False, clock() - t0, error=str(err),
+                                       evidence=evidence, warnings=warnings)
+
+            # the nodes of a batch restart together (each host has its own transport)
+            if len(batch.nodes) == 1:
+                outcomes = [one(batch.nodes[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=len(batch.nodes)) as pool:
+                    outcomes = list(pool.map(one, batch.nodes))
+            failed.update(o.node for o in outcomes if not o.ok)
             result.outcomes.extend(outcomes)
             # undrain the healthy ones; failed nodes stay out of the upstream
             drained_now = frozenset(failed)

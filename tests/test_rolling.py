@@ -174,10 +174,10 @@ def test_execute_drains_restarts_and_undrains_in_order() -> None:
         ("restart", "dc1-node1"), ("ready", "dc1-node1"), ("smoke", "dc1-node1"),
         ("drained", ()),
         ("drained", ("dc1-node2", "dc1-node3")), ("idle", ("dc1-node2", "dc1-node3")),
-        ("restart", "dc1-node2"), ("ready", "dc1-node2"), ("smoke", "dc1-node2"),
-        ("restart", "dc1-node3"), ("ready", "dc1-node3"), ("smoke", "dc1-node3"),
-        ("drained", ()),
-    ]
+    ] + ops.log[8:14] + [("drained", ())]
+    # the two nodes of batch 2 restart in parallel: each in order, interleaved in any way
+    for node in ("dc1-node2", "dc1-node3"):
+        assert [k for k, v in ops.log[8:14] if v == node] == ["restart", "ready", "smoke"]
 
 
 def test_execute_stops_and_keeps_failed_node_drained() -> None:
