@@ -151,7 +151,9 @@ def http_probe_all(targets: Sequence[tuple[str, str]], timeout: float = 3.0,
     import httpx
 
     async def main() -> dict[str, dict[str, Any]]:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        # three requests per node at once; idle keep-alive connections to other nodes would
+        # only block the pool (PoolTimeout at 200 nodes), so none are kept
+        limits = httpx.Limits(max_connections=3 * concurrency, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
             sem = asyncio.Semaphore(concurrency)
 
