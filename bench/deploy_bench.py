@@ -7,7 +7,7 @@ Figures (wall time of the real CLI, python start-up included):
     before each run (agent release + 33 MB tiny model + unit + wait for ready), LBs excluded;
   - no-change redeploy of the whole fleet (2 LBs + 4 nodes);
   - `status` of the lab (4 nodes + 2 LBs, SSH + HTTP probes);
-  - status probes (HTTP: ready, info, metrics) of 1 vs N fake agents on loopback.
+  - status probes (HTTP: ready + metrics) of 1 vs N fake agents on loopback.
 Results print as a table and go to bench/results/deploy_bench.json.
 """
 
@@ -101,32 +101,34 @@ def lab_figures(work: Path, keep: bool) -> dict[str, Any]:
 
 
 _FAKE_SERVER = r'''
-import json, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import asyncio, json, sys
 base, n = int(sys.argv[1]), int(sys.argv[2])
-METRICS = "".join(
+METRICS = ("".join(
     f'ofa_agent_request_duration_seconds_bucket{{le="{le}",outcome="ok"}} {c}\n'
-    for le, c in (("0.05", 10), ("0.1", 50), ("0.25", 90), ("+Inf", 100))) + \
-    "ofa_agent_inflight 1\n"
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        port = self.server.server_address[1]
-        body = {"/v2/health/ready": b'{"ready":true}',
-                "/v1/info": json.dumps({"node": f"fake{port}", "device": "cpu",
-                    "release": "r1", "model": {"digest": "d" * 64}}).encode(),
-                "/metrics": METRICS.encode()}.get(self.path, b"")
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
+    for le, c in (("0.05", 10), ("0.1", 50), ("0.25", 90), ("+Inf", 100)))
+    + "ofa_agent_inflight 1\n"
+    + 'ofa_agent_model_info{model_id="m",revision="v",digest="' + "d" * 64
+    + '",device="cpu",dtype="float32",release="r1"} 1.0\n').encode()
+BODIES = {b"/v2/health/ready": b'{"ready":true}', b"/metrics": METRICS,
+          b"/v1/info": json.dumps({"device": "cpu", "release": "r1",
+                                   "model": {"digest": "d" * 64}}).encode()}
+async def handle(reader, writer):
+    line = await reader.readline()
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
         pass
-servers = [ThreadingHTTPServer(("127.0.0.1", base + i), H) for i in range(n)]
-for s in servers:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-print("ready", flush=True)
-sys.stdin.read()
+    path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+    body = BODIES.get(path, b"")
+    status = b"200 OK" if body else b"404 Not Found"
+    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+                 + b"\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    writer.close()
+async def main():
+    for i in range(n):
+        await asyncio.start_server(handle, "127.0.0.1", base + i, backlog=64)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+asyncio.run(main())
 '''
 
 

@@ -137,11 +137,20 @@ async def _http_probe(client: Any, base: str, timeout: float) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - any transport error = no answer
             return 0, type(e).__name__
 
-    (rc, rb), (ic, ib), (mc, mb) = await asyncio.gather(
-        get("/v2/health/ready"), get("/v1/info"), get("/metrics"))
+    (rc, rb), (mc, mb) = await asyncio.gather(get("/v2/health/ready"), get("/metrics"))
     out["ready"] = (rc, rb)
-    out["info"] = facts.parse_info(ib) if ic == 200 else {}
-    out["metrics"] = facts.parse_agent_metrics(mb) if mc == 200 else None
+    m = facts.parse_agent_metrics(mb) if mc == 200 else None
+    out["metrics"] = m
+    if m is not None and m.model_info.get("digest"):
+        # model_info{model_id,revision,digest,device,dtype,release} carries what /v1/info
+        # would: one request fewer per node
+        mi = m.model_info
+        out["info"] = {"device": mi.get("device", ""), "release": mi.get("release", ""),
+                       "model": {"digest": mi.get("digest", ""),
+                                 "revision": mi.get("revision", "")}}
+    else:
+        ic, ib = await get("/v1/info")
+        out["info"] = facts.parse_info(ib) if ic == 200 else {}
     return out
 
 
@@ -151,7 +160,7 @@ def http_probe_all(targets: Sequence[tuple[str, str]], timeout: float = 3.0,
     import httpx
 
     async def main() -> dict[str, dict[str, Any]]:
-        # three requests per node at once; idle keep-alive connections to other nodes would
+        # two or three requests per node at once; idle keep-alive connections to other nodes would
         # only block the pool (PoolTimeout at 200 nodes), so none are kept
         limits = httpx.Limits(max_connections=3 * concurrency, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
