@@ -237,7 +237,9 @@ class Server:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"{self.name} exited {self.proc.returncode}; see {self.log_path}"
+                )
             try:
                 url = f"http://127.0.0.1:{self.port}{self.ready_path}"
                 with urllib.request.urlopen(url, timeout=2) as r:
@@ -262,9 +264,8 @@ class Server:
 # --- in-process limit ---------------------------------------------------------------------
 def inproc(model_dir: Path, batch_sizes: list[int], time_s: float, max_reps: int) -> dict:
     """Engine.predict on pre-decoded pairs at each batch size (runs in its own process)."""
-    from PIL import Image
-
     from ofa_agent.engine import Engine, Pair
+    from PIL import Image
 
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in make_images()]
     engine = Engine(model_dir, device="cpu", dtype="float32")

@@ -15,6 +15,7 @@ import argparse
 import io
 import os
 import tempfile
+from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, File, Form, UploadFile
@@ -39,7 +40,9 @@ def build_app(model_dir: str, device: str = "cpu") -> FastAPI:
 
     @app.post("/predict")
     def predict(
-        image: UploadFile = File(...), text: str = Form(...), premise: str | None = Form(None)
+        image: Annotated[UploadFile, File()],
+        text: Annotated[str, Form()],
+        premise: Annotated[str | None, Form()] = None,
     ) -> dict[str, object]:
         img = Image.open(io.BytesIO(image.file.read())).convert("RGB")
         inputs: dict[str, object] = {"image": img, "text": text}

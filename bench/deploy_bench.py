@@ -45,7 +45,31 @@ def ofactl(*args: str, timeout: float = 900) -> tuple[float, int, dict[str, Any]
     return dt, p.returncode, data
 
 
+def _session_lock(wait_s: float = 900) -> int:
+    """The lab session lock tests/fixtures_lab.py uses: one lab user at a time (bounded)."""
+    import fcntl
+
+    fd = os.open("/run/ofactl-lab.session.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the lab stayed busy for {wait_s:g} s") from None
+            time.sleep(0.5)
+
+
 def lab_figures(work: Path, keep: bool) -> dict[str, Any]:
+    fd = _session_lock()
+    try:
+        return _lab_figures(work, keep)
+    finally:
+        os.close(fd)
+
+
+def _lab_figures(work: Path, keep: bool) -> dict[str, Any]:
     from ofactl.lab import api
 
     info = api.status()

@@ -397,7 +397,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail), exc.headers))
+        return error_response(
+            ApiError(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -68,7 +68,8 @@ class AgentServer(uvicorn.Server):
         if not self.drain_done(now):
             return False
         left = self.agent.settings.drain_timeout_s - (now - self.drain_started)
-        self.config.timeout_graceful_shutdown = max(0.1, left - EXIT_RESERVE_S / 2)
+        # uvicorn types this as int but only passes it to asyncio.wait_for: a float works.
+        self.config.timeout_graceful_shutdown = max(0.1, left - EXIT_RESERVE_S / 2)  # type: ignore[assignment]
         log.info(
             "drain finished after %.1f s (%d pending); closing the listener",
             now - self.drain_started, self.agent.pending,
