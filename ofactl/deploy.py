@@ -164,9 +164,11 @@ class DeployContext:
         drained = frozenset(drained)
         if not drained and name in self.rendered:
             return self.rendered[name]
-        fn = self.render_host
-        if fn is None:
-            from ofactl.render import render_host as fn  # type: ignore[no-redef]
+        fn: Callable[..., list[Any]]
+        if self.render_host is not None:
+            fn = self.render_host
+        else:
+            from ofactl.render import render_host as fn
         files = list(fn(self.inv, name, drained=drained, secrets=True))
         if not drained:
             self.rendered[name] = files
@@ -197,7 +199,7 @@ def gather_facts(t: Transport, host: Any, files: Sequence[str] = (),
                  extra_files: Sequence[str] = (), units: Sequence[str] = ()) -> HostFacts:
     """One read-only round trip: OS, Python, disk, systemd, GPU, links, hashes, unit states
     (the agent unit on nodes; nginx, keepalived and `units` on LBs)."""
-    agent = getattr(host, "agent", None)
+    agent: Any = getattr(host, "agent", None)
     is_node = getattr(host, "role", "node") == "node" and agent is not None
     base = agent.base_dir if is_node else "/var/lib/ofactl"
     cmd = facts.host_facts_cmd(

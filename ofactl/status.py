@@ -199,13 +199,16 @@ def probe_node_ssh(t: Transport, node: Any, ns: NodeStatus) -> None:
 def expected_lb_hashes(inv: Any, lb: Any, render_host: Callable[..., list[Any]] | None
                        ) -> dict[str, str]:
     """dest -> sha256 of what ofactl would render (secret files skipped when unresolvable)."""
-    if render_host is None:
-        from ofactl.render import render_host
+    fn: Callable[..., list[Any]]
+    if render_host is not None:
+        fn = render_host
+    else:
+        from ofactl.render import render_host as fn
     try:
-        files = render_host(inv, lb.name, secrets=True)
+        files = fn(inv, lb.name, secrets=True)
         skip_secret = False
     except OfactlError:
-        files = render_host(inv, lb.name, secrets=False)
+        files = fn(inv, lb.name, secrets=False)
         skip_secret = True
     out = {}
     for rf in files:
@@ -324,9 +327,13 @@ def collect(inv: Any, transports: Callable[[Any], Transport] | None, *,
     if transports is not None:
         for n in nodes:
             futs.append(pool.submit(probe_node_ssh, transports(n), n, ns[n.name]))
+        make = transports
+
+        def lb_job(b: Any) -> None:
+            lb_out[b.name] = probe_lb(make(b), inv, b, render_host)
+
         for b in lbs:
-            futs.append(pool.submit(lambda b=b: lb_out.__setitem__(
-                b.name, probe_lb(transports(b), inv, b, render_host))))
+            futs.append(pool.submit(lb_job, b))
     http = http_probe_all([(n.name, _url(str(n.address), n.agent.port)) for n in nodes],
                           timeout=http_timeout)
     for f in futs:

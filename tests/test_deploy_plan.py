@@ -504,3 +504,101 @@ def test_executor_collects_failures_and_timings():
     assert [r.status for r in rs] == ["unchanged", "changed", "failed"]
     assert rs[2].error == "bad: broke" and rs[2].hint == "fix it"
     assert all(r.duration_s >= 0 for r in rs)
+
+
+# ------------------------------------------------------------------------------ runtime
+
+
+def test_runtime_fingerprint_match_is_skipped():
+    t, out = RecordingTransport("n1"), HostOutcome()
+    f = HostFacts(runtime_python=True, runtime_fingerprints=("fp1",))
+    ctx = deploy.DeployContext(inv=None, runtime_fp="fp1")
+    deploy.ensure_runtime(t, _node(), f, ctx, out)
+    assert t.calls == [] and out.notes == ["runtime fp1 present"]
+
+
+def test_runtime_present_without_stamp_checks_imports():
+    t, out = RecordingTransport("n1"), HostOutcome()
+    t.on(("/rt/bin/python", "-c"), 1, "", "ModuleNotFoundError: No module named 'torch'")
+    ctx = deploy.DeployContext(inv=None, runtime_fp="fp1")
+    with pytest.raises(OperationError, match="n1: runtime /rt lacks the agent's dependencies: "
+                                             "ModuleNotFoundError"):
+        deploy.ensure_runtime(t, _node(), HostFacts(runtime_python=True), ctx, out)
+    assert t.commands() == ["/rt/bin/python -c 'import fastapi, uvicorn, prometheus_client, "
+                            "PIL, torch, modelscope'"]
+
+
+def test_runtime_index_install_pushes_requirements_and_stamps():
+    node = _node()
+    node.agent.runtime_source = "index"
+    t, out = RecordingTransport("n1"), HostOutcome()
+    ctx = deploy.DeployContext(inv=None, runtime_fp="fp1")
+    deploy.ensure_runtime(t, node, HostFacts(), ctx, out)
+    pushed = sorted(p for k, p in t.calls if k == "put")
+    assert "/opt/ofa/runtime-src/agent-requirements.txt" in pushed
+    assert "/opt/ofa/runtime-src/requirements-torch.txt" in pushed
+    script = t.commands()[-1]
+    assert script.startswith("set -e; [ -x /rt/bin/python ] || python3 -m venv /rt; ")
+    assert "-r /opt/ofa/runtime-src/requirements-torch.txt" in script
+    assert script.endswith("rm -f /rt/.ofa-runtime-*; touch /rt/.ofa-runtime-fp1")
+    assert "--no-index" not in script
+    assert out.changes == ["runtime fp1 installed from index"]
+
+
+def test_runtime_wheelhouse_pushes_wheels_and_installs_offline(tmp_path):
+    node = _node()
+    node.agent.runtime_source = "wheelhouse"
+    (tmp_path / "torch-1-py3-none-any.whl").write_bytes(b"w")
+    t, out = RecordingTransport("n1"), HostOutcome()
+    ctx = deploy.DeployContext(inv=None, runtime_fp="fp1", wheelhouse=tmp_path)
+    deploy.ensure_runtime(t, node, HostFacts(), ctx, out)
+    assert t.files["/opt/ofa/wheelhouse/torch-1-py3-none-any.whl"] == b"w"
+    assert "--no-index --find-links /opt/ofa/wheelhouse " in t.commands()[-1]
+    ctx.wheelhouse = None
+    with pytest.raises(Exception, match="no wheelhouse dir was given"):
+        deploy.ensure_runtime(RecordingTransport("n1"), node, HostFacts(), ctx, HostOutcome())
+
+
+# ------------------------------------------------------------------------------ model pull
+
+
+def test_model_pull_from_dir_keeps_source_manifest(tmp_path):
+    from ofactl.manifest import read_manifest
+    from ofactl.modelstore import import_dir
+
+    src = tmp_path / "tiny"
+    src.mkdir()
+    (src / "config.json").write_text("{}\n")
+    write_manifest(src, "ofactl/tiny", "seed0", random_weights=True)
+    r = import_dir(src, tmp_path / "dest", model_id="iic/x", revision="v1")
+    assert (r.model_id, r.revision, r.files, r.source) == ("ofactl/tiny", "seed0", 1, "dir")
+    assert read_manifest(tmp_path / "dest").digest == read_manifest(src).digest
+    (src / "config.json").write_text("tampered\n")
+    with pytest.raises(OperationError, match="does not match its own manifest: config.json"):
+        import_dir(src, tmp_path / "dest2", model_id="iic/x", revision="v1")
+
+
+def test_model_pull_hub_pinned_revision_and_cache_fallback(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def snapshot_download(model_id, revision=None, local_dir=None, local_files_only=False,
+                          **kw):
+        calls.append((model_id, revision, local_files_only))
+        if not local_files_only:
+            raise ConnectionError("no network")
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        (Path(local_dir) / "config.json").write_text("{}\n")
+        return local_dir
+
+    mod = types.ModuleType("modelscope.hub.snapshot_download")
+    mod.snapshot_download = snapshot_download  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "modelscope.hub.snapshot_download", mod)
+    from ofactl.modelstore import pull_from_hub
+
+    r = pull_from_hub("iic/ofa", "v1.0.1", tmp_path / "m")
+    assert calls == [("iic/ofa", "v1.0.1", False), ("iic/ofa", "v1.0.1", True)]
+    assert r.source == "hub-cache" and r.revision == "v1.0.1"
+    assert (tmp_path / "m" / "ofactl-manifest.json").exists()
