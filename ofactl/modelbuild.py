@@ -50,6 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_type": "resnet18",
         "image_bucket_size": 16,
         "image_size": 64,
+        "bpe_vocab_size": None,
     },
     "large": {
         "d_model": 1024,
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_type": "resnet152",
         "image_bucket_size": 42,
         "image_size": 480,
+        "bpe_vocab_size": 50265,  # OFA-large: 50,265 BPE entries + 9,192 code/bin tokens
     },
 }
 
@@ -115,8 +117,12 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def make_vocab() -> tuple[dict[str, int], list[str]]:
-    """A tiny byte-level BPE vocabulary: specials, 256 byte symbols, whole-word merges."""
+def make_vocab(size: int | None = None) -> tuple[dict[str, int], list[str]]:
+    """A tiny byte-level BPE vocabulary: specials, 256 byte symbols, whole-word merges.
+
+    With `size`, unused filler entries pad it to that many entries (OFA-large's BPE has 50,265),
+    so the embedding and output projection get the real model's shapes.
+    """
     vocab: dict[str, int] = {}
     for tok in ("<s>", "<pad>", "</s>", "<unk>"):
         vocab[tok] = len(vocab)
@@ -134,6 +140,9 @@ def make_vocab() -> tuple[dict[str, int], list[str]]:
                     seen.add(pair)
                     merges.append(f"{pair[0]} {pair[1]}")
                 vocab.setdefault(cur, len(vocab))
+    if size is not None:
+        for i in range(size - len(vocab) - 1):
+            vocab[f"<ofactl_unused_{i}>"] = len(vocab)  # never produced by the BPE merges
     vocab["<mask>"] = len(vocab)  # BART keeps <mask> as the last entry
     return vocab, merges
 
@@ -167,6 +176,7 @@ def configuration(preset: str) -> dict[str, Any]:
 def _ofa_config_kwargs(preset: str, vocab_size: int) -> dict[str, Any]:
     p = dict(PRESETS[preset])
     p.pop("image_size")
+    p.pop("bpe_vocab_size")
     return {
         **p,
         "vocab_size": vocab_size,
@@ -216,7 +226,7 @@ def build_model_dir(out: Path, preset: str = "tiny", seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        vocab, merges = make_vocab()
+        vocab, merges = make_vocab(PRESETS[preset]["bpe_vocab_size"])
         (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n")
         (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
         (tmp / ANSWER2LABEL_FILE).write_text(json.dumps(ANSWER2LABEL) + "\n")

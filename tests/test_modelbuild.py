@@ -122,3 +122,14 @@ def test_cli_model_tiny_json_and_force(tiny_model_dir: Path, tmp_path: Path) -> 
     assert forced.exit_code == 0, forced.output
     assert "ofactl/ofa-ve-tiny-random@random-seed3" in forced.output
     assert read_manifest(out).revision == "random-seed3"
+
+
+def test_large_preset_has_ofa_large_shapes() -> None:
+    vocab, _ = modelbuild.make_vocab(modelbuild.PRESETS["large"]["bpe_vocab_size"])
+    assert len(vocab) == 50265 and list(vocab)[-1] == "<mask>"
+    kw = modelbuild._ofa_config_kwargs("large", len(vocab) + modelbuild.EXTRA_TOKENS)
+    assert kw["vocab_size"] == 59457  # the real model: 50,265 + 9,192
+    assert (kw["d_model"], kw["encoder_layers"], kw["decoder_layers"]) == (1024, 12, 12)
+    assert (kw["encoder_attention_heads"], kw["encoder_ffn_dim"]) == (16, 4096)
+    assert kw["resnet_type"] == "resnet152"
+    assert modelbuild.configuration("large")["model"]["patch_image_size"] == 480
