@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import tarfile
 import time
@@ -148,6 +149,7 @@ class DeployContext:
     inv: Any
     release: Release | None = None
     model: LocalModel | None = None
+    hub_model: tuple[str, str] | None = None  # (id, revision) when model.source is hub
     runtime_fp: str = ""
     wheelhouse: Path | None = None
     ready_timeout_s: float | None = None  # override of agent.ready_timeout_s
@@ -411,6 +413,73 @@ def push_model(t: Transport, node: Any, f: HostFacts, model: LocalModel,
     return True
 
 
+_HUB_PULL = r"""
+import hashlib, json, os, sys
+from modelscope.hub.snapshot_download import snapshot_download
+mid, rev, dest = sys.argv[1:4]
+path = snapshot_download(mid, revision=rev, local_dir=dest)
+files = {}
+for dp, dn, fn in os.walk(path):
+    dn[:] = sorted(d for d in dn if not d.startswith("."))
+    for n in fn:
+        if n == "ofactl-manifest.json" or n.startswith("."):
+            continue
+        p = os.path.join(dp, n)
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for c in iter(lambda: f.read(1 << 20), b""):
+                h.update(c)
+        files[os.path.relpath(p, path)] = {"sha256": h.hexdigest(), "size": os.path.getsize(p)}
+d = hashlib.sha256()
+for rel in sorted(files):
+    d.update(f"{rel}\0{files[rel]['sha256']}\n".encode())
+m = {"format": 1, "model_id": mid, "revision": rev, "random_weights": False, "files": files,
+     "digest": d.hexdigest()}
+with open(os.path.join(path, "ofactl-manifest.json"), "w") as f:
+    f.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
+print(d.hexdigest())
+"""
+
+
+def pull_model_on_node(t: Transport, node: Any, model_id: str, revision: str,
+                       out: HostOutcome, timeout_s: float = 3600) -> bool:
+    """model.source: hub — the node downloads the pinned revision itself (snapshot_download in
+    its runtime), writes the same manifest, and the `model` link switches to models/<digest12>.
+    Unchanged when the live manifest already names this id and revision. True when switched."""
+    a = node.agent
+    raw = t.get(f"{a.model_dir}/{MANIFEST_NAME}", timeout=30)
+    if raw:
+        try:
+            live = json.loads(raw)
+            if live.get("model_id") == model_id and live.get("revision") == revision:
+                out.note(f"model {model_id}@{revision} unchanged")
+                return False
+        except ValueError:
+            pass
+    models = f"{a.base_dir}/models"
+    tmp = f"{models}/.hub-{hashlib.sha256(revision.encode()).hexdigest()[:8]}"
+    t.run(commands.mkdir_p(models), timeout=DEFAULT_TIMEOUT)
+    if t.dry_run:
+        t.run([f"{a.runtime}/bin/python", "-c", "<snapshot_download + manifest>", model_id,
+               revision, tmp], timeout=timeout_s)
+        out.change(f"model {model_id}@{revision} would be downloaded on the node")
+        return True
+    res = t.run([f"{a.runtime}/bin/python", "-c", _HUB_PULL, model_id, revision, tmp],
+                timeout=timeout_s, check=False)
+    digest = res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else ""
+    if not res.ok or len(digest) != 64:
+        raise OperationError(f"{node.name}: snapshot_download {model_id}@{revision} failed: "
+                             f"{facts_tail(res.stderr or res.stdout)}",
+                             hint="check the node's access to the hub, or use model.source: "
+                             "push")
+    d12 = digest[:12]
+    t.run(f"if [ -d {q(models + '/' + d12)} ]; then rm -rf {q(tmp)}; "
+          f"else mv -T {q(tmp)} {q(models + '/' + d12)}; fi", timeout=DEFAULT_TIMEOUT)
+    t.run(commands.atomic_symlink(f"models/{d12}", a.model_dir), timeout=DEFAULT_TIMEOUT)
+    out.change(f"model -> models/{d12} ({model_id}@{revision}, downloaded on the node)")
+    return True
+
+
 def install_files(t: Transport, files: Sequence[Any], f: HostFacts, out: HostOutcome
                   ) -> list[Any]:
     """Upload the rendered files whose sha256 differs from the host's; return those."""
@@ -502,6 +571,9 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
     if ctx.model is not None:
         step("model")
         restart |= push_model(t, node, f, ctx.model, out)
+    elif ctx.hub_model is not None:
+        step("model (hub download on the node)")
+        restart |= pull_model_on_node(t, node, *ctx.hub_model, out)
     step("unit, env, token")
     changed = install_files(t, files, f, out)
     unit_changed = any(rf.dest.endswith(".service") for rf in changed)

@@ -602,3 +602,22 @@ def test_model_pull_hub_pinned_revision_and_cache_fallback(tmp_path, monkeypatch
     assert calls == [("iic/ofa", "v1.0.1", False), ("iic/ofa", "v1.0.1", True)]
     assert r.source == "hub-cache" and r.revision == "v1.0.1"
     assert (tmp_path / "m" / "ofactl-manifest.json").exists()
+
+
+def test_hub_source_node_downloads_and_switches():
+    t, out = RecordingTransport("n1"), HostOutcome()
+    t.on(("/rt/bin/python", "-c"), 0, "Downloading...\n" + "e" * 64 + "\n")
+    assert deploy.pull_model_on_node(t, _node(), "iic/ofa", "v1.0.1", out) is True
+    cmds = t.commands()
+    assert cmds[-2] == ("if [ -d /opt/ofa/models/eeeeeeeeeeee ]; then rm -rf "
+                        "/opt/ofa/models/.hub-" + hashlib.sha256(b"v1.0.1").hexdigest()[:8]
+                        + "; else mv -T /opt/ofa/models/.hub-"
+                        + hashlib.sha256(b"v1.0.1").hexdigest()[:8]
+                        + " /opt/ofa/models/eeeeeeeeeeee; fi")
+    assert cmds[-1].startswith("ln -sfn models/eeeeeeeeeeee /opt/ofa/model.ofactl-tmp")
+    # same id + revision live: nothing to do
+    t2, out2 = RecordingTransport("n1"), HostOutcome()
+    t2.files["/opt/ofa/model/ofactl-manifest.json"] = json.dumps(
+        {"model_id": "iic/ofa", "revision": "v1.0.1"}).encode()
+    assert deploy.pull_model_on_node(t2, _node(), "iic/ofa", "v1.0.1", out2) is False
+    assert t2.commands() == []

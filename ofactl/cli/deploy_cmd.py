@@ -182,6 +182,8 @@ def deploy(
         model = load_local_model(model_dir or Path(inv.model.local_dir))
     ctx = DeployContext(inv, release=build_release(agent_source()) if has_nodes else None,
                         model=model, runtime_fp=runtime_fingerprint(), wheelhouse=wheelhouse,
+                        hub_model=(inv.model.id, inv.model.revision)
+                        if has_nodes and inv.model.source == "hub" else None,
                         ready_timeout_s=ready_timeout)
     if not (yes or dry_run or json_out) and console.is_terminal:
         names = ", ".join(h.name for h in hosts)
