@@ -215,3 +215,18 @@ def test_ssh_jump_host(sshd):
     finally:
         t.close()
     assert (d / "known_hosts").exists()
+
+
+def test_ssh_config_host_alias(sshd, tmp_path):
+    """HostName/Port/User/IdentityFile come from an OpenSSH client config."""
+    d = sshd["dir"]
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host edge-1\n  HostName 127.0.0.1\n  Port {sshd['port']}\n  User root\n"
+                   f"  IdentityFile {d}/client\n")
+    t = SSHTransport(SSHTarget(name="edge-1", address="edge-1", port=1,
+                               known_hosts=str(d / "known_hosts"), connect_timeout=5,
+                               ssh_config=str(cfg)))
+    try:
+        assert t.run(["echo", "aliased"], timeout=10).stdout == "aliased\n"
+    finally:
+        t.close()
