@@ -262,7 +262,9 @@ def leftovers() -> list[str]:
 # ---------------------------------------------------------------- up
 
 def _wait_ready(st: LabState, hosts: list[LabHost], timeout: float,
-                progress: Progress) -> None:
+                progress: Progress, settled: bool = True) -> None:
+    """Wait until every host is healthy; with settled=False a host whose systemd is still
+    "starting" (e.g. a deployed agent warming up after a boot) counts once sshd answers."""
     deadline = time.monotonic() + timeout
     pending = {h.name: h for h in hosts}
     last: dict[str, str] = {}
@@ -273,7 +275,8 @@ def _wait_ready(st: LabState, hosts: list[LabHost], timeout: float,
                 last[hs.host.name] = (f"container {'up' if hs.running else 'not running'}, "
                                       f"systemd {hs.system}, sshd "
                                       f"{'answering' if hs.ssh else 'not answering'}")
-                if hs.healthy:
+                if hs.healthy or (not settled and hs.running and hs.ssh and bool(hs.link)
+                                  and hs.system in ("starting", "initializing")):
                     del pending[hs.host.name]
                     progress(f"{hs.host.name} ready ({hs.host.address})")
                 elif not hs.running:
@@ -530,5 +533,5 @@ def _boot(st: LabState, h: LabHost, timeout: float) -> str:
         net.set_link(h, up=True)
         rec.pid, rec.starttime = hostmod.start(st.plan, h)
         statemod.save(st)
-        _wait_ready(st, [h], timeout, _quiet)
+        _wait_ready(st, [h], timeout, _quiet, settled=False)
         return f"{h.name}: booted"
