@@ -326,7 +326,9 @@ def _fmt(v: Any) -> str:
 def report(res: dict[str, Any]) -> str:
     lines = [
         f"preset **{res['preset']}** on {res['machine']['cpus']} CPU cores "
-        f"({res['machine']['cpu']}), device {res['inproc'].get('device', 'cpu')}",
+        f"({res['machine']['cpu']}), device {res['inproc'].get('device', 'cpu')}; "
+        f"1-min load average {res['machine']['loadavg_start'][0]:.1f} at start, "
+        f"{res['machine']['loadavg_end'][0]:.1f} at end",
         "",
         "| configuration | concurrency | requests ok | throughput (req/s) | p50 ms | p99 ms |"
         " errors |",
@@ -412,7 +414,8 @@ def main() -> int:
     images = make_images()
     res: dict[str, Any] = {
         "preset": args.preset, "when": stamp, "model_dir": str(model_dir),
-        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "python": platform.python_version(),
+                    "loadavg_start": os.getloadavg()},
         "settings": {k: v for k, v in cfg.items() if k != "requests"},
         "requests": cfg["requests"], "command": " ".join(sys.argv),
     }
@@ -454,6 +457,7 @@ def main() -> int:
         finally:
             base.stop()
 
+    res["machine"]["loadavg_end"] = os.getloadavg()
     top = max(levels)
 
     def at(key: str) -> float | None:

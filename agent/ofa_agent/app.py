@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,35 @@ def default_engine_factory(settings: Settings) -> tuple[Any, Callable[..., Any]]
 
     engine = Engine(str(settings.model_dir), device=settings.device, dtype=settings.dtype)
     return engine, Pair
+
+
+async def run_in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn in a daemon thread and await it.
+
+    The model load and warm-up take seconds to minutes; in asyncio's default executor a SIGTERM
+    during them would make interpreter exit wait for them and overrun the drain timeout.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def done(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(done, None, exc)
+        else:
+            loop.call_soon_threadsafe(done, result, None)
+
+    threading.Thread(target=target, name="ofa-load", daemon=True).start()
+    return await fut
 
 
 def read_manifest_info(model_dir: Path) -> dict[str, Any]:
@@ -106,12 +136,12 @@ class Agent:
         t0 = time.monotonic()
         try:
             log.info("loading model from %s (device %s, dtype %s)", s.model_dir, s.device, s.dtype)
-            engine, pair_type = await asyncio.to_thread(self.engine_factory, s)
+            engine, pair_type = await run_in_daemon_thread(self.engine_factory, s)
             self.engine, self.pair_type = engine, pair_type
             self.model = {**self.model, **dict(getattr(engine, "model_info", {}) or {})}
             log.info("model loaded in %.1f s on %s", time.monotonic() - t0, engine.device)
             if s.warmup > 0:
-                self.warmup_ms = float(await asyncio.to_thread(engine.warmup, s.warmup))
+                self.warmup_ms = float(await run_in_daemon_thread(engine.warmup, s.warmup))
                 log.info("warm-up: %d inferences in %.0f ms", s.warmup, self.warmup_ms)
             self.warmed = True
             assert self.batcher is not None

@@ -206,6 +206,11 @@ def validate(s: Settings) -> None:
     for name in ("max_queue_delay_ms", "drain_grace_s", "warmup"):
         if getattr(s, name) < 0:
             raise bad(name, "must be >= 0", getattr(s, name))
+    if s.max_items > s.max_queue:
+        raise ConfigError(
+            f"--max-items / {_env('max_items')}: must be <= --max-queue ({s.max_queue}), "
+            f"got {s.max_items} (a larger batch request could never be queued)"
+        )
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
         raise bad("log_level", "must be critical | error | warning | info | debug", s.log_level)
     if s.require_token and s.token_file is None:

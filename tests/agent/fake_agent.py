@@ -21,7 +21,8 @@ from ofa_agent.server import serve  # noqa: E402
 def main() -> None:
     settings = load_settings(sys.argv[1:])
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
-    engine = FakeEngine(delay_s=float(os.environ.get("FAKE_DELAY_S", "0.05")))
+    engine = FakeEngine(delay_s=float(os.environ.get("FAKE_DELAY_S", "0.05")),
+                        load_s=float(os.environ.get("FAKE_LOAD_S", "0")))
     app = create_app(settings, factory(engine))
     sys.exit(serve(app))
 

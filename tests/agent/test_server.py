@@ -18,8 +18,9 @@ FAKE = os.path.join(os.path.dirname(__file__), "fake_agent.py")
 AGENT_PATH = str(Path(__file__).resolve().parents[2] / "agent")
 
 
-def start(tmp_path: Path, model_dir: Path, *flags: str, delay: float) -> AgentProcess:
-    env = {"FAKE_DELAY_S": str(delay),
+def start(tmp_path: Path, model_dir: Path, *flags: str, delay: float,
+          load: float = 0.0) -> AgentProcess:
+    env = {"FAKE_DELAY_S": str(delay), "FAKE_LOAD_S": str(load),
            "PYTHONPATH": AGENT_PATH + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return AgentProcess([sys.executable, FAKE, "--model-dir", str(model_dir), *flags],
                         tmp_path / "agent.log", env)
@@ -94,6 +95,29 @@ def test_idle_agent_exits_soon_after_sigterm(tmp_path: Path, model_dir: Path) ->
         agent.proc.send_signal(signal.SIGTERM)
         assert agent.proc.wait(10) == 0
         assert time.monotonic() - t0 < 2.0
+    finally:
+        agent.stop()
+
+
+def test_sigterm_during_a_slow_model_load_exits_within_the_drain_timeout(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    agent = start(tmp_path, model_dir, "--drain-timeout-s", "2", "--drain-grace-s", "0.2",
+                  delay=0.0, load=30.0)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # listening (live) while the model still loads
+            try:
+                if httpx.get(agent.url + "/v2/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.get(agent.url + "/v2/health/ready", timeout=2)
+        assert r.status_code == 503 and r.json()["reason"] == "loading the model"
+        t0 = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(10) == 0
+        assert time.monotonic() - t0 < 2.5
     finally:
         agent.stop()
 
