@@ -552,7 +552,18 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
                 progress: Progress | None = None) -> HostOutcome:
     """All node steps in order; returns what changed."""
     out = HostOutcome()
-    step = progress.step if progress else (lambda s: None)
+    timings: dict[str, float] = {}
+    out.data["steps_s"] = timings
+    mark = [time.monotonic()]
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        if timings or name != "runtime":
+            timings[list(STEP_NAMES)[len(timings)]] = round(now - mark[0], 3)
+        mark[0] = now
+        if progress:
+            progress.step(name)
+
     files = ctx.render(node.name)
     f = ctx.facts.get(node.name)
     model_manifest = (f"{node.agent.base_dir}/models/{ctx.model.digest12}/{MANIFEST_NAME}"
@@ -562,17 +573,14 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
                          [model_manifest] if model_manifest else [])
     step("runtime")
     ensure_runtime(t, node, f, ctx, out)
-    t.run(commands.mkdir_p(f"{node.agent.base_dir}/releases", f"{node.agent.base_dir}/models"),
-          timeout=DEFAULT_TIMEOUT)
     restart = False
+    step("release")
     if ctx.release is not None:
-        step("release")
         restart |= push_release(t, node, f, ctx.release, out)
+    step("model")
     if ctx.model is not None:
-        step("model")
         restart |= push_model(t, node, f, ctx.model, out)
     elif ctx.hub_model is not None:
-        step("model (hub download on the node)")
         restart |= pull_model_on_node(t, node, *ctx.hub_model, out)
     step("unit, env, token")
     changed = install_files(t, files, f, out)
@@ -585,7 +593,13 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
         step(f"waiting for ready (budget {budget:g} s)")
         waited = wait_ready(t, node, budget, progress=progress)
         out.data["ready_after_s"] = round(waited, 2)
+    else:
+        step("done")
+    timings[list(STEP_NAMES)[len(timings)]] = round(time.monotonic() - mark[0], 3)
     return out
+
+
+STEP_NAMES = ("runtime", "release", "model", "files", "service", "ready")
 
 
 # ------------------------------------------------------------------------------ LB steps

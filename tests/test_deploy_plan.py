@@ -621,3 +621,38 @@ def test_hub_source_node_downloads_and_switches():
         {"model_id": "iic/ofa", "revision": "v1.0.1"}).encode()
     assert deploy.pull_model_on_node(t2, _node(), "iic/ofa", "v1.0.1", out2) is False
     assert t2.commands() == []
+
+
+def test_deploy_node_fresh_then_unchanged(local_model):
+    node = _node()
+    unit = RF("/etc/systemd/system/ofa-agent.service", "[Service]\n", service="ofa-agent")
+    env = RF("/etc/ofa-agent/agent.env", "A=1\n", 0o640, service="ofa-agent")
+    ctx = deploy.DeployContext(inv=None, release=_release(), model=local_model,
+                               runtime_fp="fp1", render_host=lambda *a, **k: [unit, env])
+    ctx.facts["n1"] = HostFacts(runtime_python=True, runtime_fingerprints=("fp1",))
+    t = RecordingTransport("n1")
+    t.on("systemctl is-active ofa-agent || true", 0, 'active\n{"ready":true}\n200')
+    out = deploy.deploy_node(t, node, ctx)
+    assert [c.split(" (")[0] for c in out.changes] == [
+        "release 20260101000000-abcd1234 uploaded",
+        f"2 of 2 files pushed to /opt/ofa/models/{local_model.digest12}",
+        f"model -> models/{local_model.digest12}",
+        "/etc/systemd/system/ofa-agent.service created", "/etc/ofa-agent/agent.env created",
+        "ofa-agent enabled", "ofa-agent started"]
+    assert list(out.data["steps_s"]) == list(deploy.STEP_NAMES)
+    assert "systemctl daemon-reload" in t.commands()
+    # the same node as it now is: nothing to do, no restart
+    d12 = local_model.digest12
+    ctx.facts["n1"] = HostFacts(
+        runtime_python=True, runtime_fingerprints=("fp1",),
+        current="releases/20260101000000-abcd1234", releases=("20260101000000-abcd1234",),
+        model=f"models/{d12}", models=(d12,),
+        file_sha256={unit.dest: unit.sha256, env.dest: env.sha256,
+                     f"/opt/ofa/models/{d12}/ofactl-manifest.json":
+                         hashlib.sha256(local_model.manifest_bytes).hexdigest()},
+        units={"ofa-agent": ("active", "enabled")})
+    t2 = RecordingTransport("n1")
+    t2.on("stat -c", 0, "9 config.json\n100 weights.bin\n")
+    out2 = deploy.deploy_node(t2, node, ctx)
+    assert out2.changes == []
+    assert [c for c in t2.commands() if not c.startswith("cd ")] == []
