@@ -48,11 +48,12 @@ def _load(inventory: Path | None) -> Any:
 class _LiveHosts:
     """A Rich live table of hosts and what each is doing (stderr; silent with --json)."""
 
-    def __init__(self, names: list[str], enabled: bool) -> None:
+    def __init__(self, names: list[str], enabled: bool, plain: bool = False) -> None:
         self.rows = {n: ("waiting", "") for n in names}
         self.t0 = {n: 0.0 for n in names}
         self.lock = threading.Lock()
         self.enabled = enabled
+        self.plain = plain and not enabled  # no TTY: one stderr line per event instead
         self.live: Live | None = None
 
     def table(self) -> Table:
@@ -75,6 +76,9 @@ class _LiveHosts:
                                    "" if ev == "done" else detail)
             if self.live is not None:
                 self.live.update(self.table())
+            elif self.plain and ev != "start":
+                err_console.print(f"{host}: {detail or ev}", highlight=False, markup=False,
+                                  soft_wrap=True)
 
     def __enter__(self) -> _LiveHosts:
         if self.enabled:
@@ -188,7 +192,8 @@ def deploy(
     if not (yes or dry_run or json_out) and console.is_terminal:
         names = ", ".join(h.name for h in hosts)
         typer.confirm(f"deploy to {len(hosts)} host(s) of {inv.fleet} ({names})?", abort=True)
-    live = _LiveHosts([h.name for h in hosts], enabled=not json_out and err_console.is_terminal)
+    live = _LiveHosts([h.name for h in hosts], enabled=not json_out and err_console.is_terminal,
+                      plain=not json_out)
     ctx.on_event = live.event
     factory = ssh_factory(accept_new_host_keys=accept_new_host_keys,
                           ssh_config=str(ssh_config) if ssh_config else None, dry_run=dry_run)
