@@ -191,8 +191,10 @@ def _ofa_config_kwargs(preset: str, vocab_size: int) -> dict[str, Any]:
 def _import_runtime() -> tuple[Any, Any, Any]:
     try:
         import torch
-        from modelscope.models.multi_modal.ofa import OFAModel
-        from modelscope.models.multi_modal.ofa.configuration_ofa import OFAConfig
+        from modelscope.models.multi_modal.ofa import OFAModel  # type: ignore[import-untyped]
+        from modelscope.models.multi_modal.ofa.configuration_ofa import (  # type: ignore[import-untyped]
+            OFAConfig,
+        )
     except ImportError as e:
         raise OperationError(
             f"model builder: the agent runtime is not installed ({e})", hint=RUNTIME_HINT

@@ -22,7 +22,7 @@ import pytest
 
 def _need_runtime() -> None:
     try:
-        import modelscope  # noqa: F401
+        import modelscope  # type: ignore[import-untyped]  # noqa: F401
         import torch  # noqa: F401
     except ImportError as e:
         if os.environ.get("CI", "").lower() == "true":

@@ -85,8 +85,8 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
             "random_weights": bool(manifest.get("random_weights", False)),
         }
     cfg = _read_json(model_dir / "configuration.json") or {}
-    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    ofactl_cfg = cfg.get("ofactl") if isinstance(cfg.get("ofactl"), dict) else {}
+    model_cfg: dict[str, Any] = cfg["model"] if isinstance(cfg.get("model"), dict) else {}
+    ofactl_cfg: dict[str, Any] = cfg["ofactl"] if isinstance(cfg.get("ofactl"), dict) else {}
     return {
         "id": str(cfg.get("model_id") or model_cfg.get("model_id") or model_dir.name),
         "revision": str(cfg.get("revision") or "unknown"),
@@ -173,12 +173,12 @@ class Engine:
 
     def _load(self) -> None:
         torch = self._torch
-        import modelscope
+        import modelscope  # type: ignore[import-untyped]
         import transformers
-        from modelscope.models.multi_modal.ofa.utils.utils import expand_mask
-        from modelscope.pipelines import pipeline
-        from modelscope.preprocessors.ofa.utils.collate import collate_fn, collate_tokens
-        from modelscope.utils.constant import Tasks
+        from modelscope.models.multi_modal.ofa.utils.utils import expand_mask  # type: ignore[import-untyped]
+        from modelscope.pipelines import pipeline  # type: ignore[import-untyped]
+        from modelscope.preprocessors.ofa.utils.collate import collate_fn, collate_tokens  # type: ignore[import-untyped]
+        from modelscope.utils.constant import Tasks  # type: ignore[import-untyped]
 
         self._pipe = pipeline(Tasks.visual_entailment, model=str(self._overlay),
                               device="cpu" if self.device == "cpu" else self.device)
@@ -209,7 +209,7 @@ class Engine:
         if sorted(self._answers) != sorted(ANSWER_TO_LABEL):
             raise ValueError(f"{self.model_dir}: answers {self._answers} are not yes/no/maybe")
         self._single_token_answers = all(len(a) == 1 for a in self._answer_tokens)
-        self._answer_ids = torch.stack([a[0] for a in self._answer_tokens])
+        self._answer_ids = torch.stack([a[0] for a in self._answer_tokens]).to(self.device)
         self._autocast_dtype = None if self.dtype == "float32" else getattr(torch, self.dtype)
 
     # -- inference ---------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class Engine:
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
         rows = out[0][torch.arange(len(prompts), device=self.device), last]
         logits = self._ofa.decoder.output_projection(rows)
-        picked = logits.index_select(-1, self._answer_ids.to(self.device)).float()
+        picked = logits.index_select(-1, self._answer_ids).float()
         return torch.log_softmax(picked, dim=-1).cpu()
 
     def _scores_traverse(self, pairs: list[Pair]) -> Any:
