@@ -328,7 +328,8 @@ def report(res: dict[str, Any]) -> str:
         f"preset **{res['preset']}** on {res['machine']['cpus']} CPU cores "
         f"({res['machine']['cpu']}), device {res['inproc'].get('device', 'cpu')}; "
         f"1-min load average {res['machine']['loadavg_start'][0]:.1f} at start, "
-        f"{res['machine']['loadavg_end'][0]:.1f} at end",
+        f"{res['machine']['loadavg_end'][0]:.1f} at end; torch threads "
+        f"{res['settings'].get('threads') or 'default'}",
         "",
         "| configuration | concurrency | requests ok | throughput (req/s) | p50 ms | p99 ms |"
         " errors |",
@@ -388,6 +389,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     ap.add_argument("--max-batch-size", type=int, default=None)
     ap.add_argument("--max-queue-delay-ms", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads in all three configurations (OMP_NUM_THREADS; "
+                    "0: torch's default, one per core)")
     ap.add_argument("--skip", default="", help="comma list of agent,baseline,inproc to skip")
     ap.add_argument("--inproc-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch-sizes", default="", help=argparse.SUPPRESS)
@@ -407,6 +411,9 @@ def main() -> int:
     if args.max_queue_delay_ms is not None:
         cfg["max_queue_delay_ms"] = args.max_queue_delay_ms
     levels = [int(x) for x in args.levels.split(",")]
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every subprocess
+    cfg["threads"] = args.threads or None
     skip = set(filter(None, args.skip.split(",")))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -436,7 +443,7 @@ def main() -> int:
             "--max-batch-size", str(cfg["max_batch_size"]),
             "--max-queue-delay-ms", str(cfg["max_queue_delay_ms"]),
             "--max-queue", "1024", "--request-timeout-s", str(cfg["request_timeout_s"]),
-            "--warmup", "2", "--drain-grace-s", "0",
+            "--warmup", "2", "--drain-grace-s", "0", "--torch-threads", str(args.threads),
         ], port, "/v2/health/ready", RESULTS / f"{args.preset}-{stamp}-agent.log")
         try:
             res["agent_ready_s"] = round(agent.wait_ready(cfg["ready_timeout_s"]), 1)

@@ -38,6 +38,10 @@ EngineFactory = Callable[[Settings], tuple[Any, Callable[..., Any]]]
 
 def default_engine_factory(settings: Settings) -> tuple[Any, Callable[..., Any]]:
     """Load the real engine (imports torch + modelscope; seconds)."""
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     from .engine import Engine, Pair
 
     engine = Engine(str(settings.model_dir), device=settings.device, dtype=settings.dtype)
@@ -483,6 +487,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             "configured_device": settings.device,
             "dtype": str(eng.dtype) if eng is not None else settings.dtype,
             "versions": dict(getattr(eng, "versions", {}) or {}),
+            "torch_threads": settings.torch_threads or None,
             "batching": settings.batching,
             "state": agent.state,
             "reason": reason,

@@ -50,6 +50,7 @@ class Settings:
     require_token: bool = False
     release: str = ""
     warmup: int = 3
+    torch_threads: int = 0
     log_level: str = "info"
 
     @property
@@ -103,6 +104,7 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "require_token": ("bool", "predict endpoints need the bearer token too"),
     "release": ("str", "release id reported in /v1/info and model_info"),
     "warmup": ("int", "warm-up inferences before ready"),
+    "torch_threads": ("int", "torch intra-op threads (0: torch's default, one per core)"),
     "log_level": ("str", "critical | error | warning | info | debug"),
 }
 
@@ -203,7 +205,7 @@ def validate(s: Settings) -> None:
     for name in ("request_timeout_s", "drain_timeout_s"):
         if getattr(s, name) <= 0:
             raise bad(name, "must be > 0", getattr(s, name))
-    for name in ("max_queue_delay_ms", "drain_grace_s", "warmup"):
+    for name in ("max_queue_delay_ms", "drain_grace_s", "warmup", "torch_threads"):
         if getattr(s, name) < 0:
             raise bad(name, "must be >= 0", getattr(s, name))
     if s.max_items > s.max_queue:
