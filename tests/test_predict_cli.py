@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Iterator
@@ -207,14 +208,34 @@ def test_endpoint_posts_multipart_with_token(pics: Path, endpoint: FakeEndpoint)
     assert "s3cret" not in r.output
 
 
-def test_endpoint_file_and_default_token_env(pics: Path, endpoint: FakeEndpoint) -> None:
+def test_endpoint_file_uses_the_batch_endpoint(pics: Path, endpoint: FakeEndpoint) -> None:
     f = pics / "pairs.jsonl"
-    f.write_text('{"image": "a.jpg", "text": "one"}\n{"image": "b.png", "text": "two"}\n')
-    r = invoke("--file", str(f), "--endpoint", "http://agent", env={"OFA_AGENT_TOKEN": "tok"})
+    f.write_text('{"image": "a.jpg", "text": "one"}\n{"image": "b.png", "text": "two", '
+                 '"premise": "p"}\n{"image": "a.jpg", "text": "three"}\n')
+    endpoint.replies.append(httpx.Response(200, json={"results": [ANSWER, ANSWER]}))
+    r = invoke("--file", str(f), "--endpoint", "http://agent", "--batch-size", "2", "--json",
+               env={"OFA_AGENT_TOKEN": "tok"})
     assert r.exit_code == 0, r.output
-    assert len(endpoint.seen) == 2
+    assert [json.loads(ln)["line"] for ln in r.stdout.splitlines()] == [1, 2, 3]
+    batch, single = endpoint.seen
     assert all(req.headers["authorization"] == "Bearer tok" for req in endpoint.seen)
-    assert "2 pairs via http://agent/v1/predict" in r.stdout
+    assert str(batch.url) == "http://agent/v1/predict/batch"
+    assert json.loads(batch.content) == {"items": [
+        {"image": base64.b64encode((pics / "a.jpg").read_bytes()).decode(), "text": "one"},
+        {"image": base64.b64encode((pics / "b.png").read_bytes()).decode(), "text": "two",
+         "premise": "p"}]}
+    assert str(single.url) == "http://agent/v1/predict"  # a last chunk of one goes single
+
+
+def test_endpoint_batch_error_names_the_line(pics: Path, endpoint: FakeEndpoint) -> None:
+    f = pics / "pairs.jsonl"
+    f.write_text('{"image": "a.jpg", "text": "one"}\n\n{"image": "b.png", "text": "two"}\n')
+    endpoint.replies.append(httpx.Response(422, json={"error": {
+        "code": "not_an_image", "message": "items[1].image: not an image"}}))
+    r = invoke("--file", str(f), "--endpoint", "http://agent")
+    assert r.exit_code == 2, r.output
+    assert error_line(r) == ("error: lines 1-3: http://agent/v1/predict/batch: 422 not_an_image: "
+                             "line 3: image: not an image")
 
 
 @pytest.mark.parametrize(("status", "body", "code", "message"), [

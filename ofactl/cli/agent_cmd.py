@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from ofactl.cli.apps import model_app
 from ofactl.cli.common import JsonOpt, console, err_console, handle_errors, print_json
-from ofactl.errors import OperationError, UsageError
+from ofactl.errors import OfactlError, OperationError, UsageError
 
 RUNTIME_HINT = "install the agent runtime with `bash scripts/install-runtime.sh`"
 LABELS = ("entailment", "contradiction", "neutral")
@@ -210,14 +212,16 @@ class LocalPredictor:
 
 
 class EndpointPredictor:
-    """`POST URL/v1/predict` (multipart) on a node or a load balancer."""
+    """A node or load balancer: `POST URL/v1/predict` (multipart) for one pair,
+    `POST URL/v1/predict/batch` (JSON, base64 images) for a chunk of a --file."""
 
     def __init__(self, url: str, token: str | None, timeout: float) -> None:
         import httpx
 
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint: must start with http:// or https://, got {url!r}")
-        self.url = url.rstrip("/") + "/v1/predict"
+        self.base = url.rstrip("/")
+        self.url = self.base + "/v1/predict"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._httpx = httpx
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=HTTP_TRANSPORT)
@@ -225,23 +229,22 @@ class EndpointPredictor:
     def describe(self) -> str:
         return self.url
 
-    def _post(self, it: Item) -> dict[str, Any]:
-        httpx = self._httpx
-        data = {"text": it.text}
-        if it.premise is not None:
-            data["premise"] = it.premise
+    @staticmethod
+    def _read(it: Item) -> bytes:
         try:
-            body = it.image.read_bytes()
+            return it.image.read_bytes()
         except OSError as e:
             raise UsageError(f"{it.where}{it.image}: cannot read ({e.strerror})") from None
+
+    def _call(self, url: str, where: str, **kwargs: Any) -> Any:
+        httpx = self._httpx
         try:
-            resp = self._client.post(self.url, data=data,
-                                     files={"image": (it.image.name, body)})
+            resp = self._client.post(url, **kwargs)
         except httpx.TimeoutException:
-            raise OperationError(f"{self.url}: no answer within the timeout",
+            raise OperationError(f"{url}: no answer within the timeout",
                                  hint="raise --timeout or check the node") from None
         except httpx.HTTPError as e:
-            raise OperationError(f"{self.url}: {e}",
+            raise OperationError(f"{url}: {e}",
                                  hint="check the URL and that the agent is up") from None
         try:
             answer = resp.json()
@@ -253,18 +256,55 @@ class EndpointPredictor:
             if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
                 msg = str(answer["error"].get("message", msg))
                 code = f" {answer['error'].get('code', '')}".rstrip()
-            where = f"{it.where}{self.url}: {resp.status_code}{code}: {msg}"
+            line = f"{where}{url}: {resp.status_code}{code}: {msg}"
             if resp.status_code in (401, 403):
-                raise OperationError(where, hint="pass the agent token with --token-env VAR")
+                raise OperationError(line, hint="pass the agent token with --token-env VAR")
+            if code == " too_many_items":
+                raise UsageError(line, hint="lower --batch-size")
             if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-                raise UsageError(where)  # the agent rejected this input
-            raise OperationError(where)
+                raise UsageError(line)  # the agent rejected this input
+            raise OperationError(line)
+        return answer, resp.text
+
+    def _post(self, it: Item) -> dict[str, Any]:
+        data = {"text": it.text}
+        if it.premise is not None:
+            data["premise"] = it.premise
+        answer, raw = self._call(self.url, it.where, data=data,
+                                 files={"image": (it.image.name, self._read(it))})
         if not isinstance(answer, dict) or "label" not in answer:
-            raise OperationError(f"{self.url}: unexpected answer {resp.text[:200]!r}")
+            raise OperationError(f"{self.url}: unexpected answer {raw[:200]!r}")
         return answer
 
+    def _post_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        url = self.base + "/v1/predict/batch"
+        payload = [{"image": base64.b64encode(self._read(it)).decode("ascii"), "text": it.text,
+                    **({"premise": it.premise} if it.premise is not None else {})}
+                   for it in items]
+        lines = [it.line for it in items]
+        where = f"lines {lines[0]}-{lines[-1]}: " if lines[0] is not None else ""
+        try:
+            answer, raw = self._call(url, where, json={"items": payload})
+        except OfactlError as err:
+            # the agent names the bad item as items[i]: say which line of the file that is
+            def to_line(m: re.Match[str]) -> str:
+                i = int(m.group(1))
+                if i >= len(lines) or lines[i] is None:
+                    return m.group(0)
+                return f"line {lines[i]}" + (": " if m.group(2) else "")
+
+            err.message = re.sub(r"items\[(\d+)\](\.)?", to_line, err.message)
+            raise
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if (not isinstance(results, list) or len(results) != len(items)
+                or not all(isinstance(r, dict) and "label" in r for r in results)):
+            raise OperationError(f"{url}: unexpected answer {raw[:200]!r}")
+        return results
+
     def predict(self, items: list[Item]) -> list[dict[str, Any]]:
-        return [self._post(it) for it in items]
+        if len(items) == 1:
+            return [self._post(items[0])]
+        return self._post_batch(items)
 
     def close(self) -> None:
         self._client.close()
