@@ -166,14 +166,16 @@ class LocalPredictor:
                              "model directory)")
         _quiet_runtime_logs()
         try:
-            from ofa_agent import engine, images
+            from ofa_agent.engine import Engine, Pair
+            from ofa_agent.images import ImageError, load_image_file
         except ImportError as e:
             raise OperationError(f"predict: the agent runtime is not installed ({e})",
                                  hint=RUNTIME_HINT) from None
-        self._engine_mod = engine
-        self._images = images
+        self._pair = Pair
+        self._image_error = ImageError
+        self._load_image = load_image_file
         try:
-            self.engine = engine.Engine(model_dir, device=device, dtype=dtype)
+            self.engine = Engine(model_dir, device=device, dtype=dtype)
         except ImportError as e:
             raise OperationError(f"predict: the agent runtime is not installed ({e})",
                                  hint=RUNTIME_HINT) from None
@@ -191,12 +193,12 @@ class LocalPredictor:
         pairs = []
         for it in items:
             try:
-                img = self._images.load_image_file(str(it.image))
-            except self._images.ImageError as e:
+                img = self._load_image(str(it.image))
+            except self._image_error as e:
                 raise UsageError(f"{it.where}{it.image}: {e}") from None
             except OSError as e:
                 raise UsageError(f"{it.where}{it.image}: cannot read ({e.strerror})") from None
-            pairs.append(self._engine_mod.Pair(img, it.text, it.premise))
+            pairs.append(self._pair(img, it.text, it.premise))
         started = time.perf_counter()
         try:
             preds = self.engine.predict(pairs)
