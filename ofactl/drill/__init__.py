@@ -21,11 +21,12 @@ from ofactl.drill.runner import (
     Runner,
     ScenarioResult,
     current_holder,
+    holder_report,
     run_scenario,
     sigterm_as_interrupt,
 )
 from ofactl.drill.scenarios import FaultPlan, plan_fault, ready_check
-from ofactl.errors import OperationError, UsageError
+from ofactl.errors import OperationError, TransportError, UsageError
 
 __all__ = [
     "Budget",
@@ -50,7 +51,14 @@ def transport_runner(inv: Any, factory: Callable[[Any], Any]) -> tuple[Runner, C
                 transports[host] = factory(inv.host(host))
                 locks[host] = threading.Lock()
         with locks[host]:
-            res = transports[host].run(list(argv), timeout=timeout, check=False)
+            try:
+                res = transports[host].run(list(argv), timeout=timeout, check=False)
+            except TransportError:
+                # a timed-out or broken connection: the next call starts a fresh one
+                transports[host].close()
+                with guard:
+                    transports[host] = factory(inv.host(host))
+                raise
         return res.exit_code, res.stdout + res.stderr
 
     def close() -> None:
@@ -114,7 +122,8 @@ def wait_settled(inv: Any, runner: Runner, group: Any, *, timeout: float = 60.0,
         want_master = group.preempt and holder != group.master.name
         if holder is not None and not unready and not want_master:
             return holder
-        problem = ("no single VIP holder" if holder is None else
+        problem = (f"no single VIP holder (VIP on: "
+                   f"{holder_report(runner, lbs, group.vip_address)})" if holder is None else
                    f"VIP on {holder}, not yet back on {group.master.name}" if want_master else
                    f"not ready: {', '.join(unready)}")
         if time.monotonic() >= deadline:

@@ -78,7 +78,7 @@ class VipSampler:
     """Samples which LBs hold the VIP every `interval` s (all LBs probed in parallel)."""
 
     def __init__(self, runner: Runner, lbs: Sequence[str], vip: str, *, t0: float,
-                 interval: float = 0.2, timeout: float = 1.0,
+                 interval: float = 0.2, timeout: float = 3.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.runner, self.lbs, self.vip = runner, list(lbs), vip
         self.t0, self.interval, self.timeout, self.clock = t0, interval, timeout, clock
@@ -169,16 +169,18 @@ def run_commands(runner: Runner, cmds: Sequence[Any], timeout: float = 30.0) -> 
     return errors
 
 
-def checks_pass(runner: Runner, plan: FaultPlan, timeout: float = 5.0) -> bool:
-    """True when every recovery check of the plan passes now."""
+def failing_checks(runner: Runner, plan: FaultPlan, timeout: float = 5.0) -> list[str]:
+    """The recovery checks of the plan that fail now, each with its answer (empty: all pass)."""
+    failing = []
     for c in plan.checks:
         try:
-            code, _ = runner(c.host, c.argv, timeout)
-        except OperationError:
-            return False
+            code, out = runner(c.host, c.argv, timeout)
+        except OperationError as err:
+            failing.append(f"{c.host}: {c.what}: {err}")
+            continue
         if code != 0:
-            return False
-    return True
+            failing.append(f"{c.host}: {c.what}: exit {code} {out.strip()[-200:]}".rstrip())
+    return failing
 
 
 def run_scenario(
@@ -247,11 +249,15 @@ def run_scenario(
         restore_errors = run_commands(runner, plan.restore)
         restored = not restore_errors
         deadline = clock() + settings.recover_timeout
+        not_yet: list[str] = []
         while clock() < deadline:
-            if checks_pass(runner, plan):
+            not_yet = failing_checks(runner, plan)
+            if not not_yet:
                 recovered_at = mark("recovered")
                 break
             sleep(0.2)
+        else:
+            events.append((clock() - t0, "not recovered: " + "; ".join(not_yet)))
         records = load.join()
         mark("load finished")
     finally:
@@ -273,8 +279,9 @@ def run_scenario(
                              "timeout_s": settings.timeout})
     found = breaches(plan.scenario, metrics, budget, expects_vip_move=plan.expects_vip_move)
     if recovered_at is None:
+        why = next((w for _, w in reversed(events) if w.startswith("not recovered: ")), "")
         found.append(f"{plan.scenario}: not recovered within {settings.recover_timeout:g} s "
-                     "of the restore")
+                     "of the restore" + (f" ({why[len('not recovered: '):]})" if why else ""))
     if restore_errors:
         found.append(f"{plan.scenario}: restore failed: {'; '.join(restore_errors)}")
     return ScenarioResult(plan=plan, phases=phases, records=records, samples=samples,
@@ -296,3 +303,21 @@ def current_holder(runner: Runner, lbs: Sequence[str], vip: str,
     outs = res
     holders, _ = parse_vip_holders(outs, vip)
     return holders[0] if len(holders) == 1 else None
+
+
+def holder_report(runner: Runner, lbs: Sequence[str], vip: str, timeout: float = 5.0) -> str:
+    """Who holds the VIP, in words (for errors): 'lb1', 'none', 'lb1 and lb2', '? (lb2 ...)'."""
+    res: dict[str, str | None] = {}
+    errors = []
+    for lb in lbs:
+        try:
+            code, out = runner(lb, vip_probe_argv(), timeout)
+            res[lb] = out if code == 0 else None
+        except OperationError as err:
+            res[lb] = None
+            errors.append(str(err))
+    holders, unknown = parse_vip_holders(res, vip)
+    text = " and ".join(holders) or "none"
+    if unknown:
+        text += f"; no answer from {', '.join(unknown)}" + (f" ({errors[0]})" if errors else "")
+    return text
