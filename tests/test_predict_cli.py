@@ -110,6 +110,22 @@ def test_bad_image_in_process(tiny_model_dir: Path, pics: Path) -> None:
     assert "Traceback" not in r.output
 
 
+@pytest.mark.runtime
+def test_device_and_dtype_errors(tiny_model_dir: Path, pics: Path) -> None:
+    r = invoke(str(pics / "a.jpg"), "a dog", "--model", str(tiny_model_dir), "--device", "cpu",
+               "--dtype", "bfloat16")
+    assert r.exit_code == 2, r.output
+    assert error_line(r) == ("error: --dtype: bfloat16 needs CUDA (autocast); on CPU only "
+                             "float32 is supported")
+    import torch
+
+    if not torch.cuda.is_available():
+        r = invoke(str(pics / "a.jpg"), "a dog", "--model", str(tiny_model_dir), "--device",
+                   "cuda")
+        assert r.exit_code == 2, r.output
+        assert error_line(r) == "error: --device cuda: CUDA is not available on this machine"
+
+
 # -- usage and input errors (no model needed) --------------------------------------------------
 
 

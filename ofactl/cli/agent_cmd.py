@@ -180,7 +180,15 @@ class LocalPredictor:
             raise OperationError(f"predict: the agent runtime is not installed ({e})",
                                  hint=RUNTIME_HINT) from None
         except ValueError as e:
-            raise UsageError(f"--model: {e}") from None
+            msg = str(e)
+            for opt in ("dtype", "device"):  # the engine names its own setting first
+                if msg.startswith(f"{opt}: "):
+                    raise UsageError(f"--{msg}") from None
+            raise UsageError(f"--model: {msg}") from None
+        if device.startswith("cuda") and self.engine.device == "cpu":
+            self.engine.close()
+            raise UsageError(f"--device {device}: CUDA is not available on this machine",
+                             hint="use --device auto or --device cpu")
         self.node = "local"
 
     def describe(self) -> str:
