@@ -349,8 +349,8 @@ def register(app: typer.Typer) -> None:
                              "rate × duration at most 100000 requests")
         inv = _load(inventory)
         factory = _factory(accept_new_host_keys)
-        fault_kw = {"target": target, "node_fault": node_fault, "lb_fault": lb_fault,
-                    "cloud": fault_cloud}
+        fault_kw: dict[str, Any] = {"target": target, "node_fault": node_fault,
+                                    "lb_fault": lb_fault, "cloud": fault_cloud}
         if dry_run:
             runner, close = transport_runner(inv, factory)
             try:

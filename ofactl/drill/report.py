@@ -193,10 +193,10 @@ def timeline_document(results: Sequence[ScenarioResult]) -> str:
 def write_png(path: Path, results: Sequence[ScenarioResult]) -> bool:
     """A PNG of the same timeline when matplotlib is installed; False when it is not."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return False
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), squeeze=False)
