@@ -223,3 +223,28 @@ def test_exec_timeout_kills_the_command_inside_the_host(lab_fleet: LabFleet) -> 
     assert time.monotonic() - t0 < 5
     left = lab_fleet.exec("node2", ["pgrep", "-f", "sleep 37"])
     assert left.returncode == 1, left.stdout
+
+
+def test_cli_exec_status_and_fault(lab_fleet: LabFleet) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ofactl.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["lab", "exec", "node1", "--", "hostname"])
+    assert (res.exit_code, res.stdout.strip()) == (0, "node1")
+    res = runner.invoke(app, ["lab", "exec", "node1", "--", "sh", "-c", "exit 3"])
+    assert res.exit_code == 3
+    res = runner.invoke(app, ["lab", "status", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["running"] is True and doc["healthy"] is True
+    assert doc["inventory"] == str(lab_fleet.inventory_path) and doc["vip"] == "10.213.0.100/24"
+    res = runner.invoke(app, ["lab", "fault", "node1", "restart", "ssh"])
+    assert (res.exit_code, res.stdout.strip()) == (0, "node1: systemctl restart ssh")
+    res = runner.invoke(app, ["lab", "fault", "node9", "crash"])
+    assert res.exit_code == 2 and "no host named 'node9'" in res.output
+    res = runner.invoke(app, ["lab", "fault", "node1", "stop"])
+    assert res.exit_code == 2 and "which service?" in res.output
