@@ -11,7 +11,9 @@ their ratio to the budget; exits 1 when a median is over budget or anything was 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +28,21 @@ from ofactl.lab import api  # noqa: E402
 UP_BUDGET_S = 30.0
 DOWN_BUDGET_S = 15.0
 OFACTL = [sys.executable, "-c", "from ofactl.cli import main; main()"]
+SESSION_LOCK = "/run/ofactl-lab.session.lock"  # shared with tests/fixtures_lab.py
+
+
+def take_lab(wait_s: float) -> int:
+    """Wait (bounded) until no test session or other user holds the lab."""
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"lab_bench: {SESSION_LOCK} held for {wait_s:g} s") from None
+            time.sleep(0.5)
 
 
 def timed(args: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -60,11 +77,14 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--lbs", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--wait", type=float, default=900, help="seconds to wait for the lab "
+                        "lock held by test sessions")
     a = parser.parse_args()
     problems = api.preflight_problems()
     if problems:
         print("lab_bench: cannot run: " + "; ".join(problems), file=sys.stderr)
         return 2
+    take_lab(a.wait)  # held until exit
     api.down()  # start from a clean machine
     ups: list[float] = []
     downs: list[float] = []
