@@ -176,6 +176,11 @@ def http_probe_all(targets: Sequence[tuple[str, str]], timeout: float = 3.0,
     return asyncio.run(main())
 
 
+def _clean(v: Any) -> str:
+    """A label value, with the 'None' a not-yet-loaded agent exports treated as empty."""
+    return "" if v is None or str(v) in ("None", "none", "") else str(v)
+
+
 def _url(address: str, port: int) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{port}"
@@ -346,12 +351,12 @@ def collect(inv: Any, transports: Callable[[Any], Transport] | None, *,
         s.ready_reason = "" if s.ready else facts.ready_reason(code, body if code else "")
         info = h["info"]
         if info:
-            s.device = str(info.get("device", ""))
-            s.release = str(info.get("release", "") or s.release)
+            s.device = _clean(info.get("device"))
+            s.release = _clean(info.get("release")) or s.release
             model = info.get("model") or {}
-            s.model_digest = str(model.get("digest", ""))
-            s.model_revision = str(model.get("revision", ""))
-            s.state = str(info.get("state", ""))
+            s.model_digest = _clean(model.get("digest"))
+            s.model_revision = _clean(model.get("revision"))
+            s.state = _clean(info.get("state"))
         m = h["metrics"]
         if m is not None:
             s.p50_s, s.p99_s, s.inflight = m.p50_s, m.p99_s, m.inflight

@@ -301,11 +301,14 @@ def status(
 
     if watch and not json_out:
         st = once()
-        with Live(_status_tables(st), console=console, refresh_per_second=2) as live:
-            for _ in range(1_000_000):  # bounded; Ctrl-C ends it
-                time.sleep(interval)
-                st = once()
-                live.update(_status_tables(st))
+        try:
+            with Live(_status_tables(st), console=console, refresh_per_second=2) as live:
+                for _ in range(1_000_000):  # bounded; Ctrl-C is the normal way out
+                    time.sleep(interval)
+                    st = once()
+                    live.update(_status_tables(st))
+        except KeyboardInterrupt:
+            pass
         raise typer.Exit(st.verdict)
     st = once()
     if json_out:
