@@ -214,11 +214,16 @@ def build_model_dir(out: Path, preset: str = "tiny", seed: int = 0,
     if seed < 0:
         raise UsageError(f"--seed: must be an integer ≥ 0, got {seed}")
     out = Path(out)
-    if out.exists() and not force:
-        if out.is_dir() and not any(out.iterdir()):
-            pass  # an empty directory is fine to fill
-        else:
-            raise UsageError(f"{out}: already exists", hint="pass --force to replace it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise UsageError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()):
+            if not force:
+                raise UsageError(f"{out}: already exists", hint="pass --force to replace it")
+            if not any((out / n).exists() for n in ("ofactl-manifest.json", "configuration.json")):
+                # --force replaces model directories only, never an arbitrary folder
+                raise UsageError(f"{out}: exists and is not a model directory; not replacing it",
+                                 hint="choose another --out")
     torch, OFAModel, OFAConfig = _import_runtime()
     # The OFA code and transformers may look for caches under ~: keep them out of the way.
     os.environ.setdefault("MODELSCOPE_CACHE", str(Path(tempfile.gettempdir()) / "ofactl-ms-cache"))

@@ -74,6 +74,20 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     assert err.value.hint == "pass --force to replace it"
 
 
+def test_force_replaces_model_dirs_only(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("x")
+    with pytest.raises(UsageError) as err:
+        modelbuild.build_model_dir(folder, force=True)
+    assert err.value.message == f"{folder}: exists and is not a model directory; not replacing it"
+    assert (folder / "precious.txt").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match=r": exists and is not a directory$"):
+        modelbuild.build_model_dir(a_file, force=True)
+
+
 def test_bad_preset_and_seed(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"^--preset: must be one of tiny, large, got 'huge'$"):
         modelbuild.build_model_dir(tmp_path / "m", preset="huge")
