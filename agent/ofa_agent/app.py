@@ -117,6 +117,7 @@ class Agent:
         self.draining = False
         self.drain_source: str | None = None  # "admin" or "signal"
         self.inflight = 0
+        self.preparing = 0  # predict requests admitted but not queued yet (read by the batcher)
         self.started_at = time.time()
         self._load_task: asyncio.Task[None] | None = None
 
@@ -132,6 +133,7 @@ class Agent:
                 on_batch=self.metrics.observe_batch,
                 on_queue_time=self.metrics.queue_seconds.observe,
             ),
+            incoming=lambda: self.preparing,
         )
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="ofa-load")
 
@@ -265,6 +267,8 @@ class Agent:
         """One predict request end to end; every failure becomes a JSON error answer."""
         t0 = time.monotonic()
         self.inflight += 1
+        self.preparing += 1
+        queued = False
         self.metrics.inflight.inc()
         status, n_items = 500, 0
         try:
@@ -282,6 +286,8 @@ class Agent:
             remaining = self.settings.request_timeout_s - (time.monotonic() - t0)
             if remaining <= 0:
                 raise DeadlineExceeded(self.settings.request_timeout_s)
+            self.preparing -= 1
+            queued = True
             results = await self.batcher.predict_many(
                 pairs, remaining, self.settings.request_timeout_s
             )
@@ -298,6 +304,8 @@ class Agent:
                 ApiError(500, "internal_error", "inference failed; see the agent's log")
             )
         finally:
+            if not queued:
+                self.preparing -= 1
             elapsed = time.monotonic() - t0
             self.inflight -= 1
             self.metrics.inflight.dec()

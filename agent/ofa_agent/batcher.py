@@ -71,8 +71,11 @@ class Batcher:
         max_queue_delay_ms: float,
         max_queue: int,
         stats: BatchStats | None = None,
+        incoming: Callable[[], int] | None = None,
     ) -> None:
         self._predict = predict
+        self._incoming = incoming
+        self._worker_free_at = 0.0
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -195,23 +198,39 @@ class Batcher:
     def _live_queued(self) -> int:
         return sum(1 for it in self._queue if not it.future.done())
 
+    async def _fill(self) -> None:
+        """Wait until the batch may close: full, delay spent, or (with `incoming`) nobody coming.
+
+        The delay runs from the later of the first pair's arrival and the moment the worker
+        became free. With an `incoming` callback (requests admitted but not queued yet), the
+        batch also closes as soon as no such request remains: a lone request runs at once, and
+        after a forward the batch waits for the answered clients' next requests that are already
+        being parsed, instead of leaving with whatever happens to be queued.
+        """
+        opened = self._queue[0].enqueued
+        if self._incoming is not None:
+            opened = max(opened, self._worker_free_at)
+        while self._live_queued() < self.max_batch_size:
+            remaining = opened + self.max_queue_delay_s - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._incoming is not None:
+                if self._incoming() <= 0:
+                    return
+                remaining = min(remaining, 0.002)  # re-check `incoming` (no event for it)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                continue
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Wait for the batch to fill, up to max_queue_delay after its first pair arrived.
-            first = self._queue[0].enqueued
-            while self._live_queued() < self.max_batch_size:
-                remaining = first + self.max_queue_delay_s - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
+            await self._fill()
             batch = self._take_batch()
             if not batch:
                 continue
@@ -250,6 +269,7 @@ class Batcher:
                             len(batch),
                         )
                     )
+            self._worker_free_at = time.monotonic()
 
     def _record(self, batch: list[_Item], started: float, elapsed: float) -> None:
         st = self.stats

@@ -158,3 +158,37 @@ async def test_close_answers_queued_pairs_with_503() -> None:
     with pytest.raises(NotReady):
         await queued
     running.cancel()
+
+
+async def test_with_incoming_a_lone_pair_runs_at_once() -> None:
+    engine = FakeEngine()
+    b = Batcher(engine.predict, max_batch_size=8, max_queue_delay_ms=500, max_queue=16,
+                incoming=lambda: 0)
+    b.start()
+    try:
+        t0 = time.monotonic()
+        await b.predict_many(pairs(1), 5)
+        assert time.monotonic() - t0 < 0.2  # nobody else admitted: no reason to wait 500 ms
+    finally:
+        await b.close()
+
+
+async def test_with_incoming_the_batch_waits_for_admitted_requests() -> None:
+    engine = FakeEngine()
+    coming = {"n": 1}
+    b = Batcher(engine.predict, max_batch_size=8, max_queue_delay_ms=300, max_queue=16,
+                incoming=lambda: coming["n"])
+    b.start()
+    try:
+        first = asyncio.ensure_future(b.predict_many(pairs(1), 5))
+        await asyncio.sleep(0.05)  # still parsing the second request
+        coming["n"] = 0
+        second = asyncio.ensure_future(b.predict_many(pairs(1, "s"), 5))
+        await asyncio.gather(first, second)
+        assert engine.batches == [2]
+        coming["n"] = 5  # admitted requests that never arrive: the delay still bounds the wait
+        t0 = time.monotonic()
+        await b.predict_many(pairs(1, "z"), 5)
+        assert 0.25 <= time.monotonic() - t0 < 1.0
+    finally:
+        await b.close()
