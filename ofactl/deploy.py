@@ -20,6 +20,7 @@ import json
 import os
 import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,8 +626,11 @@ def push_lb_configs(t: Transport, lb: Any, files: Sequence[Any], f: HostFacts,
             t.put(_content(rf), tmps[rf.dest], mode=rf.mode, owner=getattr(rf, "owner", None),
                   group=getattr(rf, "group", None), secret=bool(getattr(rf, "secret", False)))
         for rf in changed:
+            if t.dry_run:
+                _dry_validate(t, lb, rf, validate)
+                continue
             argv = validate(rf, tmps[rf.dest])
-            if not argv or t.dry_run:
+            if not argv:
                 continue
             res = t.run(argv, timeout=DEFAULT_TIMEOUT, check=False)
             if not res.ok:
@@ -673,6 +677,29 @@ def push_lb_configs(t: Transport, lb: Any, files: Sequence[Any], f: HostFacts,
             raise OperationError(f"{lb.name}: {svc} failed to take the new config; backup "
                                  f"restored: {e.message}",
                                  hint=f"journalctl -u {svc} on {lb.name}") from None
+
+
+def _dry_validate(t: Transport, lb: Any, rf: Any, validate: Callable[[Any, str], Any]
+                  ) -> None:
+    """Dry run: check the rendered file with the real tool on the host, from a private temp
+    file under /tmp that is removed right after (the live config is never touched)."""
+    inner = getattr(t, "inner", None)
+    if inner is None:
+        return
+    tmp = f"/tmp/.ofactl-dry-{uuid.uuid4().hex[:8]}-{os.path.basename(rf.dest)}"
+    argv = validate(rf, tmp)
+    if not argv:
+        return
+    inner.put(_content(rf), tmp, mode=0o600)
+    try:
+        res = inner.run(argv, timeout=DEFAULT_TIMEOUT, readonly=True, check=False)
+    finally:
+        inner.run(commands.rm_rf(tmp), timeout=DEFAULT_TIMEOUT, check=False)
+    if not res.ok:
+        raise OperationError(
+            f"{lb.name}: {rf.dest}: validation failed (dry run), live config left as it was: "
+            f"{facts_tail(res.stderr or res.stdout, 4)}",
+            hint="fix the inventory/template value, then deploy again")
 
 
 def deploy_lb(t: Transport, lb: Any, ctx: DeployContext,

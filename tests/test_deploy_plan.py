@@ -311,14 +311,22 @@ def test_lb_failed_reload_restores_backup():
     assert cmds[-1] == "systemctl reload nginx"
 
 
-def test_lb_dry_run_validates_nothing_changes_nothing():
+def test_lb_dry_run_validates_on_host_from_tmp_and_changes_nothing():
     inner = RecordingTransport("lb1")
     t = DryRunTransport(inner)
     f = HostFacts(units=LIVE)
     deploy.push_lb_configs(t, _lb(), [NGINX, KA], f, _ctx(), HostOutcome())
-    assert inner.files == {} and [c for c in inner.commands() if "cat" not in c] == []
+    # only private temp files under /tmp reached the host (validated, then removed)
+    assert all(p.startswith("/tmp/.ofactl-dry-") for p in inner.files)
+    checks = [c for c in inner.commands() if c.startswith(("nginx -t", "keepalived -t"))]
+    assert len(checks) == 2 and all(" /tmp/.ofactl-dry-" in c for c in checks)
+    assert sum(c.startswith("rm -rf -- /tmp/.ofactl-dry-") for c in inner.commands()) == 2
     assert any(e.kind == "put" and e.text.startswith("/etc/nginx/nginx.conf.ofactl-new")
                for e in t.entries)
+    bad = RecordingTransport("lb1")
+    bad.on(("nginx", "-t"), 1, "", "nginx: [emerg] unknown directive \"bogus\"")
+    with pytest.raises(OperationError, match="validation failed \\(dry run\\)"):
+        deploy.push_lb_configs(DryRunTransport(bad), _lb(), [NGINX], f, _ctx(), HostOutcome())
 
 
 # ------------------------------------------------------------------------------ run_deploy

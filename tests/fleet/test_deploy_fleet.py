@@ -93,6 +93,10 @@ def test_bad_nginx_setting_never_reaches_running_nginx(deployed_fleet):
     before = {lb: _sha(deployed_fleet, lb, "/etc/nginx/nginx.conf") for lb in ("lb1", "lb2")}
     pid_before = deployed_fleet.lab.exec("lb1", ["systemctl", "show", "-p", "MainPID",
                                                  "--value", "nginx"]).stdout.strip()
+    # the dry run already says so: validated on the host from a temp file
+    rc, report = deployed_fleet.deploy("--role", "lb", "--dry-run", inventory=inv)
+    assert rc == 1, report
+    assert "validation failed (dry run)" in report["hosts"][-2]["error"]
     rc, report = deployed_fleet.deploy("--role", "lb", inventory=inv)
     assert rc == 1, report
     hosts = {h["host"]: h for h in report["hosts"]}
