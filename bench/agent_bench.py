@@ -65,16 +65,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_requests": 8,
     },
     "large": {
-        "requests": {1: 4, 8: 16, 32: 64},
-        "level_time_s": 420.0,
-        "batch_sizes": [1, 8, 32],
-        "inproc_time_s": 60.0,
-        "inproc_max_reps": 2,
+        # ~13 s per pair on one loaded core: two levels, one in-process rep per batch size
+        "requests": {1: 2, 8: 8},
+        "levels": [1, 8],
+        "level_time_s": 300.0,
+        "batch_sizes": [1, 8],
+        "inproc_time_s": 1.0,
+        "inproc_max_reps": 1,
         "ready_timeout_s": 900.0,
         "request_timeout_s": 600.0,
-        "max_batch_size": 32,
+        "max_batch_size": 8,
         "max_queue_delay_ms": 50.0,
-        "warmup_requests": 2,
+        "warmup_requests": 1,
+        "agent_warmup": 1,
     },
 }
 
@@ -202,7 +205,7 @@ def run_levels(port: int, path: str, images: list[bytes], cfg: dict[str, Any],
                       cfg["request_timeout_s"]))
     out = []
     for c in levels:
-        n = cfg["requests"].get(c, max(cfg["requests"].values()))
+        n = cfg["requests"].get(c, 2 * c)
         res = asyncio.run(_load(port, reqs, c, n, cfg["level_time_s"], cfg["request_timeout_s"]))
         print(f"    c={c:<3} {res['ok']:>5} ok  {res['throughput']:8.2f} req/s  "
               f"p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  errors {res['errors']}",
@@ -386,7 +389,8 @@ def main() -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--model-dir", type=Path, default=None,
                     help="use this model dir instead of building /tmp/ofa-bench/<preset>")
-    ap.add_argument("--levels", default="1,8,32", help="concurrency levels (default 1,8,32)")
+    ap.add_argument("--levels", default=None,
+                    help="concurrency levels (default 1,8,32; the large preset 1,8)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     ap.add_argument("--max-batch-size", type=int, default=None)
     ap.add_argument("--max-queue-delay-ms", type=float, default=None)
@@ -411,7 +415,8 @@ def main() -> int:
         cfg["max_batch_size"] = args.max_batch_size
     if args.max_queue_delay_ms is not None:
         cfg["max_queue_delay_ms"] = args.max_queue_delay_ms
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = ([int(x) for x in args.levels.split(",")] if args.levels
+              else cfg.get("levels", [1, 8, 32]))
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every subprocess
     cfg["threads"] = args.threads or None
@@ -444,7 +449,8 @@ def main() -> int:
             "--max-batch-size", str(cfg["max_batch_size"]),
             "--max-queue-delay-ms", str(cfg["max_queue_delay_ms"]),
             "--max-queue", "1024", "--request-timeout-s", str(cfg["request_timeout_s"]),
-            "--warmup", "2", "--drain-grace-s", "0", "--torch-threads", str(args.threads),
+            "--warmup", str(cfg.get("agent_warmup", 2)), "--drain-grace-s", "0",
+            "--torch-threads", str(args.threads),
         ], port, "/v2/health/ready", RESULTS / f"{args.preset}-{stamp}-agent.log")
         try:
             res["agent_ready_s"] = round(agent.wait_ready(cfg["ready_timeout_s"]), 1)
