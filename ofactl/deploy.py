@@ -259,8 +259,6 @@ def ensure_runtime(t: Transport, node: Any, f: HostFacts, ctx: DeployContext,
         out.note(f"runtime at {a.runtime} imports the agent's dependencies "
                  f"(fingerprint {fp or '?'} not stamped)")
         return
-    if t.dry_run:
-        out.change(f"runtime {fp} would be installed from {a.runtime_source}")
     src_dir = f"{a.base_dir}/runtime-src"
     t.run(commands.mkdir_p(src_dir), timeout=DEFAULT_TIMEOUT)
     reqs = runtime_requirements()
