@@ -45,7 +45,7 @@ PY
 vip=$("${ofactl[@]}" inventory show --json | "$repo/.venv/bin/python" -c '
 import json,sys
 inv = json.load(sys.stdin)
-print(next(s["lb"]["vip"] for s in inv["sites"] if s.get("lb")).split("/")[0])')
+print(inv["lb_groups"][0]["vip"].split("/")[0])')
 "${ofactl[@]}" predict --endpoint "http://$vip" "$work/example.png" "there is an orange ball"
 
 step "failover drill: node, load balancer and cloud faults under load, with a budget"
