@@ -833,6 +833,15 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
             report.results = sorted(results, key=lambda r: order.get(r.host, 0))
         finally:
             if held is not None:
+                from ofactl.lock import audit
+
+                audit(held.t, {
+                    "command": command, "fleet": getattr(inv, "fleet", ""),
+                    "release": report.release, "model": report.model,
+                    "ok": report.ok and bool(report.results),
+                    "changed": [r.host for r in report.results if r.status == "changed"],
+                    "failed": [r.host for r in report.results if r.status == "failed"],
+                    "interrupted": not report.results})
                 held.release()
     finally:
         for t in conns.values():

@@ -271,6 +271,8 @@ class AgentMetrics:
     inflight: float | None
     requests: float
     model_info: dict[str, str]
+    gpu_used_bytes: float | None = None
+    gpu_total_bytes: float | None = None
 
 
 def parse_agent_metrics(text: str, prefix: str = "ofa_agent_") -> AgentMetrics:
@@ -279,6 +281,7 @@ def parse_agent_metrics(text: str, prefix: str = "ofa_agent_") -> AgentMetrics:
     inflight = None
     requests = 0.0
     info: dict[str, str] = {}
+    gpu: dict[str, float] = {}
     for name, labels, value in parse_prometheus(text):
         if name == prefix + "request_duration_seconds_bucket":
             le = labels.get("le", "+Inf")
@@ -290,9 +293,13 @@ def parse_agent_metrics(text: str, prefix: str = "ofa_agent_") -> AgentMetrics:
             requests += value
         elif name == prefix + "model_info" and value == 1:
             info = labels
+        elif name in (prefix + "gpu_memory_used_bytes", prefix + "gpu_memory_total_bytes"):
+            gkey = name.removeprefix(prefix)
+            gpu[gkey] = gpu.get(gkey, 0.0) + value
     items = list(buckets.items())
     return AgentMetrics(histogram_quantile(0.5, items), histogram_quantile(0.99, items),
-                        inflight, requests, info)
+                        inflight, requests, info, gpu.get("gpu_memory_used_bytes"),
+                        gpu.get("gpu_memory_total_bytes"))
 
 
 def parse_info(body: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ofactl.errors import OperationError
 from ofactl.transport import Transport
 
 LOCK_DIR = "/var/lib/ofactl/fleet.lock"
+AUDIT_LOG = "/var/lib/ofactl/audit.jsonl"
 INFO = LOCK_DIR + "/info.json"
 DEFAULT_TTL_S = 3600
 _TIMEOUT = 20.0
@@ -177,3 +178,33 @@ def force_release(t: Transport) -> LockInfo | None:
     if held is not None:
         t.run(release_cmd(None), timeout=_TIMEOUT)
     return held
+
+
+def audit_cmd(entry: dict[str, Any]) -> str:
+    """Append one JSON line to the fleet's audit log on the lock host."""
+    line = json.dumps(entry, sort_keys=True, default=str)
+    parent = AUDIT_LOG.rsplit("/", 1)[0]
+    return f"mkdir -p {q(parent)} && printf '%s\\n' {q(line)} >> {q(AUDIT_LOG)}"
+
+
+def audit(t: Transport, entry: dict[str, Any]) -> None:
+    """Best effort: a failed audit write never fails the operation it records."""
+    base = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "owner": getpass.getuser(), "control_host": socket.gethostname()}
+    try:
+        t.run(audit_cmd({**base, **entry}), timeout=_TIMEOUT)
+    except OperationError:
+        pass
+
+
+def read_audit(t: Transport, last: int = 20) -> list[dict[str, Any]]:
+    """The last entries of the audit log (unparseable lines skipped)."""
+    res = t.run(["tail", "-n", str(last), AUDIT_LOG], timeout=_TIMEOUT, readonly=True,
+                check=False)
+    out = []
+    for line in res.stdout.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -51,6 +51,8 @@ class NodeStatus:
     p50_s: float | None = None
     p99_s: float | None = None
     inflight: float | None = None
+    gpu_used_bytes: float | None = None
+    gpu_total_bytes: float | None = None
     flags: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -360,6 +362,7 @@ def collect(inv: Any, transports: Callable[[Any], Transport] | None, *,
         m = h["metrics"]
         if m is not None:
             s.p50_s, s.p99_s, s.inflight = m.p50_s, m.p99_s, m.inflight
+            s.gpu_used_bytes, s.gpu_total_bytes = m.gpu_used_bytes, m.gpu_total_bytes
     lbl = [lb_out.get(b.name) or LBStatus(b.name, site=b.site, vip=str(b.group.vip),
                                           ssh_error="not probed") for b in lbs]
     groups: dict[str, list[str]] = {}

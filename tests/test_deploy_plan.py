@@ -664,3 +664,14 @@ def test_deploy_node_fresh_then_unchanged(local_model):
     out2 = deploy.deploy_node(t2, node, ctx)
     assert out2.changes == []
     assert [c for c in t2.commands() if not c.startswith("cd ")] == []
+
+
+def test_audit_line_and_read_back():
+    t = RecordingTransport("lb1")
+    lock.audit(t, {"command": "deploy", "ok": True})
+    cmd = t.commands()[0]
+    assert cmd.startswith("mkdir -p /var/lib/ofactl && printf '%s\\n' '{")
+    assert cmd.endswith("' >> /var/lib/ofactl/audit.jsonl")
+    assert '"command": "deploy"' in cmd and '"owner": ' in cmd
+    t.on(("tail",), 0, '{"command": "deploy", "ok": true}\nnot json\n')
+    assert lock.read_audit(t) == [{"command": "deploy", "ok": True}]

@@ -129,6 +129,10 @@ def test_agent_metrics_quantiles():
     assert m.inflight == 3.0
     assert m.requests == 102.0
     assert m.model_info["digest"] == "abc"
+    assert m.gpu_used_bytes is None
+    g = facts.parse_agent_metrics("ofa_agent_gpu_memory_used_bytes 1073741824\n"
+                                  "ofa_agent_gpu_memory_total_bytes 8589934592\n")
+    assert (g.gpu_used_bytes, g.gpu_total_bytes) == (2.0**30, 8 * 2.0**30)
 
 
 def test_histogram_quantile_edges():

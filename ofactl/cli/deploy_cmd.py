@@ -237,8 +237,11 @@ def _status_tables(st: Any) -> Table:
         t.add_column(c)
     for n in st.nodes:
         ssh = "-" if n.ssh is None else ("[green]ok[/]" if n.ssh else "[red]no[/]")
+        dev = n.device or "-"
+        if n.gpu_total_bytes:
+            dev += f" {(n.gpu_used_bytes or 0) / 2**30:.1f}/{n.gpu_total_bytes / 2**30:.0f} GiB"
         t.add_row(n.name, ssh, n.unit or "-", "[green]yes[/]" if n.ready
-                  else f"[red]no[/] {n.ready_reason}", n.device or "-",
+                  else f"[red]no[/] {n.ready_reason}", dev,
                   (n.model_digest[:12] or "-"), n.release or "-", _fmt_ms(n.p50_s),
                   _fmt_ms(n.p99_s), "-" if n.inflight is None else f"{n.inflight:g}",
                   "[red]" + _esc("; ".join(n.flags)) + "[/]" if n.flags else "")
@@ -409,7 +412,7 @@ def model_verify(
 def lock_status(inventory: InventoryOpt = None, json_out: JsonOpt = False,
                 accept_new_host_keys: AcceptOpt = False) -> None:
     """Who holds the fleet lock (if anyone)."""
-    from ofactl.lock import LOCK_DIR, lock_host, read_lock
+    from ofactl.lock import LOCK_DIR, lock_host, read_audit, read_lock
     from ofactl.transport import ssh_factory
 
     inv = _load(inventory)
@@ -417,13 +420,21 @@ def lock_status(inventory: InventoryOpt = None, json_out: JsonOpt = False,
     t = ssh_factory(accept_new_host_keys=accept_new_host_keys)(h)
     try:
         info = read_lock(t)
+        recent = read_audit(t, 5)
     finally:
         t.close()
     if json_out:
         print_json({"host": h.name, "path": LOCK_DIR, "held": info is not None,
                     "holder": info.__dict__ if info else None,
-                    "stale": (info.stale_reason() or None) if info else None})
+                    "stale": (info.stale_reason() or None) if info else None,
+                    "recent": recent})
         return
+    for e in recent:
+        console.print(f"[dim]{e.get('time', '?')} {e.get('owner', '?')}@"
+                      f"{e.get('control_host', '?')} {e.get('command', '?')}: "
+                      f"{'ok' if e.get('ok') else 'FAILED'}, changed "
+                      f"{len(e.get('changed', []))}, failed {len(e.get('failed', []))}[/]",
+                      highlight=False)
     if info is None:
         console.print(f"fleet lock on {h.name}: [green]free[/]")
     else:
