@@ -220,7 +220,11 @@ def test_killed_deploy_rerun_converges(deployed_fleet):
 def test_lock_status_free_after_deploys(deployed_fleet):
     p = deployed_fleet.ofactl("lock", "status", "--json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["held"] is False
+    data = json.loads(p.stdout)
+    assert data["held"] is False
+    # every non-dry deploy left an audit line on the lock host
+    assert data["recent"] and data["recent"][-1]["command"].startswith("deploy")
+    assert data["recent"][-1]["ok"] is True
 
 
 def test_manifest_sha_on_node_matches_control(deployed_fleet):
