@@ -228,6 +228,7 @@ def run_scenario(
     sampler = VipSampler(sampler_runner or runner, lbs, vip, t0=t0,
                          interval=settings.sample_interval, clock=clock)
     injected = restored = False
+    injector: threading.Thread | None = None
     restore_errors: list[str] = []
     t_fault = fault_at
     t_restore = restore_at
@@ -241,10 +242,17 @@ def run_scenario(
         wait_until(fault_at)
         injected = True  # set first: a half-done inject is restored too
         t_fault = mark(f"fault: {plan.description}")
-        errs = run_commands(runner, plan.inject)
-        if errs:
-            events.append((clock() - t0, "inject error: " + "; ".join(errs)))
+        # `systemctl stop` blocks while the agent drains (up to its drain timeout): the fault
+        # starts now, the schedule goes on, and the restore waits for the inject to finish
+        inject_errors: list[str] = []
+        injector = threading.Thread(
+            target=lambda: inject_errors.extend(run_commands(runner, plan.inject)),
+            name="drill-inject", daemon=True)
+        injector.start()
         wait_until(restore_at)
+        injector.join(settings.recover_timeout)
+        if inject_errors:
+            events.append((clock() - t0, "inject error: " + "; ".join(inject_errors)))
         t_restore = mark("restore")
         restore_errors = run_commands(runner, plan.restore)
         restored = not restore_errors
@@ -263,7 +271,10 @@ def run_scenario(
     finally:
         if injected and not restored:
             # Ctrl-C, SIGTERM or an error between inject and restore: put the fleet back
+            # (after the inject itself has finished, so the restore comes last)
             load.stop()
+            if injector is not None:
+                injector.join(settings.recover_timeout)
             restore_errors = run_commands(runner, plan.restore)
             if restore_errors:  # one more try, e.g. after a transient SSH error
                 sleep(1.0)
