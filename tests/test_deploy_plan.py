@@ -476,7 +476,7 @@ def test_status_http_probe_of_loopback_agents():
     th.start()
     try:
         port = srv.server_address[1]
-        out = status.http_probe_all([("a", f"http://127.0.0.1:{port}")], timeout=5)
+        out = status.http_probe_all([("a", "127.0.0.1", port)], timeout=5)
         assert out["a"]["ready"][0] == 200
         assert out["a"]["info"]["release"] == "r9"
         assert out["a"]["metrics"].inflight == 2
