@@ -410,6 +410,8 @@ def register(app: typer.Typer) -> None:
             print_json(summary)
         else:
             console.print(summary_table(results))
+            for b in data["breaches"]:
+                console.print(f"[red]budget:[/] {b}", highlight=False)
             if report is not None:
                 console.print(f"report: {report}; timeline: {', '.join(pictures)}")
         if data["breaches"]:

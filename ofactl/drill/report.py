@@ -46,13 +46,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def summary_table(results: Sequence[ScenarioResult]) -> Table:
-    """One row per scenario: what a person checks first."""
+    """One row per scenario: what a person checks first (breaches are listed separately)."""
     t = Table(title="failover drill", title_justify="left")
-    for col, just in [("scenario", "left"), ("fault", "left"), ("requests", "right"),
-                      ("failed", "right"), ("by kind", "left"), ("longest gap", "right"),
-                      ("p50/p99 before", "right"), ("p50/p99 during", "right"),
-                      ("p50/p99 after", "right"), ("VIP moved", "right"),
-                      ("one holder", "center"), ("recovered", "right"), ("budget", "left")]:
+    for col, just in [("scenario", "left"), ("requests", "right"), ("failed", "left"),
+                      ("longest gap", "right"), ("p50/p99 ms before·during·after", "right"),
+                      ("VIP moved", "right"), ("one holder", "center"),
+                      ("recovered", "right"), ("budget", "center")]:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in results:
         m = r.metrics
@@ -60,20 +59,20 @@ def summary_table(results: Sequence[ScenarioResult]) -> Table:
 
         def pp(phase: str, lat: dict[str, dict[str, float | None]] = lat) -> str:
             p = lat[phase]
-            return f"{_fmt(p['p50'], '', 0)}/{_fmt(p['p99'], '', 0)} ms"
+            return f"{_fmt(p['p50'], '', 0)}/{_fmt(p['p99'], '', 0)}"
 
-        kinds = ", ".join(f"{k} {v}" for k, v in m.failures_by_kind.items()) or "–"
+        kinds = ", ".join(f"{k} {v}" for k, v in m.failures_by_kind.items())
+        failed = f"[{'green' if not m.failures else 'red'}]{m.failures}[/]" + (
+            f" ({kinds})" if kinds else "")
         moved = _fmt(m.vip_moved_s, " s") if r.plan.expects_vip_move else (
             "stayed" if m.vip_moved_s is None else _fmt(m.vip_moved_s, " s"))
         holders = ("yes" if m.exactly_one_holder else
-                   f"[red]{m.samples_with_several_holders}×2+[/] / "
-                   f"{m.samples_without_holder}×0")
+                   f"[red]{m.samples_with_several_holders}×2+[/] {m.samples_without_holder}×0")
         t.add_row(
-            r.plan.scenario, r.plan.description, str(m.requests),
-            f"[{'green' if not m.failures else 'red'}]{m.failures}[/]", kinds,
-            _fmt(m.longest_gap_s, " s"), pp("before"), pp("during"), pp("after"), moved,
-            holders, _fmt(m.recover_s, " s"),
-            "[green]ok[/]" if not r.breaches else "[red]" + "; ".join(r.breaches) + "[/]",
+            f"{r.plan.scenario}\n[dim]{r.plan.description}[/]", str(m.requests), failed,
+            _fmt(m.longest_gap_s, " s"), f"{pp('before')} · {pp('during')} · {pp('after')}",
+            moved, holders, _fmt(m.recover_s, " s"),
+            "[green]ok[/]" if not r.breaches else "[red]exceeded[/]",
         )
     return t
 
@@ -226,3 +225,26 @@ def write_png(path: Path, results: Sequence[ScenarioResult]) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def results_from_report(data: dict[str, Any]) -> list[ScenarioResult]:
+    """Rebuild scenario results from a JSON report (to redraw its timeline)."""
+    from ofactl.drill.metrics import HolderSample, Phases, RequestRecord, compute
+    from ofactl.drill.scenarios import FaultPlan
+
+    out = []
+    for s in data["scenarios"]:
+        ph = Phases(s["phases"]["fault_s"], s["phases"]["restore_s"], s["phases"]["end_s"])
+        records = [RequestRecord(t, lat, kind) for t, lat, kind in s.get("requests", [])]
+        samples = [HolderSample(t, tuple(h), tuple(u)) for t, h, u in s.get("vip_samples", [])]
+        rec = s["metrics"].get("recover_s")
+        plan = FaultPlan(scenario=s["scenario"], description=s["description"],
+                         targets=tuple(s["targets"]), inject=(), restore=(), checks=(),
+                         expects_vip_move=s["scenario"] == "lb")
+        metrics = compute(records, samples, ph,
+                          recovered_at=None if rec is None else ph.restore + rec)
+        out.append(ScenarioResult(plan=plan, phases=ph, records=records, samples=samples,
+                                  metrics=metrics, breaches=list(s.get("breaches", [])),
+                                  restored=bool(s.get("restored")),
+                                  events=[(e["t"], e["what"]) for e in s.get("events", [])]))
+    return out
