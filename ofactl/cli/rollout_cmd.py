@@ -344,10 +344,12 @@ def register(app: typer.Typer) -> None:
         from ofactl.drill.scenarios import expand
 
         names = expand(scenario)
+        from ofactl.drill import lb_group
         if rate <= 0 or duration <= 0 or timeout <= 0 or rate * duration > 100_000:
             raise UsageError("failover-test: --rate, --duration and --timeout must be > 0 and "
                              "rate × duration at most 100000 requests")
         inv = _load(inventory)
+        lb_group(inv, site)  # a usage error before anything connects
         factory = _factory(accept_new_host_keys)
         fault_kw: dict[str, Any] = {"target": target, "node_fault": node_fault,
                                     "lb_fault": lb_fault, "cloud": fault_cloud}
@@ -376,11 +378,7 @@ def register(app: typer.Typer) -> None:
                 f"Inject faults into {inv.fleet} ({', '.join(names)}) under load?", err=True):
             raise typer.Exit(1)
         budget = Budget(max_errors=max_errors, max_failover_s=max_failover_seconds)
-        vip_group = inv.lb_groups[0] if site is None and inv.lb_groups else None
-        vip = vip_group.vip_address if vip_group else ""
-        for g in inv.lb_groups:
-            if g.site == site:
-                vip = g.vip_address
+        vip = lb_group(inv, site).vip_address
         settings = DrillSettings(base_url=f"http://{vip}", payload=build_payload(inv),
                                  rate=rate, duration=duration, timeout=timeout)
         lock = _with_lock(inv, factory, "failover-test", False)

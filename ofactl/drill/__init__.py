@@ -80,7 +80,7 @@ def build_payload(inv: Any) -> Payload:
                    headers=headers)
 
 
-def _group(inv: Any, site: str | None) -> Any:
+def lb_group(inv: Any, site: str | None) -> Any:
     if not inv.lb_groups:
         raise UsageError(f"{inv.path}: no load-balancer pair in the inventory",
                          hint="failover-test drives load through a VIP; add sites[].lb")
@@ -95,7 +95,7 @@ def _group(inv: Any, site: str | None) -> Any:
 def plan_scenarios(inv: Any, scenarios: Sequence[str], *, holder: str | None,
                    site: str | None = None, **kw: Any) -> list[FaultPlan]:
     """FaultPlans for the scenarios (pure once `holder` is known)."""
-    group = _group(inv, site)
+    group = lb_group(inv, site)
     nodes = {n.name: n.cloud for n in inv.upstream_nodes(group)}
     return [plan_fault(s, nodes=nodes, vip_holder=holder, agent_port=inv.agent.port, **kw)
             for s in scenarios]
@@ -145,7 +145,7 @@ def run_drill(
     **fault_kw: Any,
 ) -> list[ScenarioResult]:
     """Run the scenarios one after another, each on a settled fleet; always restored."""
-    group = _group(inv, site)
+    group = lb_group(inv, site)
     runner, close = transport_runner(inv, factory)
     s_runner, s_close = transport_runner(inv, sampler_factory or factory)
     emit = on_event or (lambda k, d: None)
