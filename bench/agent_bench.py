@@ -53,7 +53,8 @@ TEXTS = [
 # requests per concurrency level, and the time bound of each level
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "requests": {1: 150, 8: 400, 32: 800},
+        "requests": {1: 60, 8: 160, 32: 320},  # per round
+        "rounds": 3,
         "level_time_s": 40.0,
         "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
         "inproc_time_s": 3.0,
@@ -67,6 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": {
         # ~13 s per pair on one loaded core: two levels, one in-process rep per batch size
         "requests": {1: 2, 8: 8},
+        "rounds": 1,
         "levels": [1, 8],
         "level_time_s": 300.0,
         "batch_sizes": [1, 8],
@@ -193,25 +195,33 @@ async def _load(port: int, requests: list[bytes], concurrency: int, total: int,
         "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
         "p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
         "bounded_by_time": len(latencies) + sum(errors.values()) < total,
+        "latencies": latencies,
     }
 
 
-def run_levels(port: int, path: str, images: list[bytes], cfg: dict[str, Any],
-               levels: list[int]) -> list[dict[str, Any]]:
-    """Warm up, then run each concurrency level; every level is bounded in count and time."""
-    reqs = [multipart_request(path, port, images[i % len(images)], TEXTS[i % len(TEXTS)])
+def build_requests(port: int, path: str, images: list[bytes]) -> list[bytes]:
+    """The request mix, identical for every server (only path and port differ)."""
+    return [multipart_request(path, port, images[i % len(images)], TEXTS[i % len(TEXTS)])
             for i in range(len(TEXTS) * 3)]
-    asyncio.run(_load(port, reqs, 1, cfg["warmup_requests"], cfg["level_time_s"],
-                      cfg["request_timeout_s"]))
-    out = []
-    for c in levels:
-        n = cfg["requests"].get(c, 2 * c)
-        res = asyncio.run(_load(port, reqs, c, n, cfg["level_time_s"], cfg["request_timeout_s"]))
-        print(f"    c={c:<3} {res['ok']:>5} ok  {res['throughput']:8.2f} req/s  "
-              f"p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  errors {res['errors']}",
-              flush=True)
-        out.append(res)
-    return out
+
+
+def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level over several rounds: median throughput, pooled latencies, summed errors."""
+    lat = sorted(x for r in rounds for x in r["latencies"])
+    errors: Counter[str] = Counter()
+    for r in rounds:
+        errors.update(r["errors"])
+    p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+    return {
+        "concurrency": rounds[0]["concurrency"],
+        "ok": len(lat),
+        "errors": dict(errors),
+        "rounds": [r["throughput"] for r in rounds],
+        "throughput": round(statistics.median(r["throughput"] for r in rounds), 3),
+        "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
+        "p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
+        "bounded_by_time": any(r["bounded_by_time"] for r in rounds),
+    }
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -307,6 +317,21 @@ def run_inproc(model_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def combine_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median per batch size over the sweeps (before and after the servers); best of those."""
+    rows = []
+    for i, first in enumerate(sweeps[0]["sweep"]):
+        ms = statistics.median(s["sweep"][i]["batch_ms"] for s in sweeps)
+        bs = first["batch_size"]
+        rows.append({"batch_size": bs, "reps": sum(s["sweep"][i]["reps"] for s in sweeps),
+                     "batch_ms": round(ms, 1), "throughput": round(bs / (ms / 1000), 3),
+                     "sweeps_ms": [s["sweep"][i]["batch_ms"] for s in sweeps]})
+    out = dict(sweeps[0])
+    out["sweep"] = rows
+    out["best"] = max(rows, key=lambda r: r["throughput"])
+    return out
+
+
 # --- model --------------------------------------------------------------------------------
 def ensure_model(preset: str, model_dir: Path | None) -> Path:
     if model_dir is not None:
@@ -333,7 +358,8 @@ def report(res: dict[str, Any]) -> str:
         f"({res['machine']['cpu']}), device {res['inproc'].get('device', 'cpu')}; "
         f"1-min load average {res['machine']['loadavg_start'][0]:.1f} at start, "
         f"{res['machine']['loadavg_end'][0]:.1f} at end; torch threads "
-        f"{res['settings'].get('threads') or 'default'}",
+        f"{res['settings'].get('threads') or 'default'}; {res['rounds']} interleaved round(s), "
+        "median throughput",
         "",
         "| configuration | concurrency | requests ok | throughput (req/s) | p50 ms | p99 ms |"
         " errors |",
@@ -397,6 +423,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads in all three configurations (OMP_NUM_THREADS; "
                     "0: torch's default, one per core)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds of (a) and (b) per level (tiny 3, large 1); the "
+                    "median throughput is reported, so both see the same machine noise")
     ap.add_argument("--skip", default="", help="comma list of agent,baseline,inproc to skip")
     ap.add_argument("--inproc-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch-sizes", default="", help=argparse.SUPPRESS)
@@ -433,43 +462,64 @@ def main() -> int:
         "requests": cfg["requests"], "command": " ".join(sys.argv),
     }
 
-    res["inproc"] = {"sweep": [], "best": {"batch_size": 0, "reps": 0, "batch_ms": 0.0,
-                                           "throughput": 0.0}}
+    rounds = args.rounds or cfg.get("rounds", 1)
+    res["rounds"] = rounds
+    empty = {"sweep": [], "best": {"batch_size": 0, "reps": 0, "batch_ms": 0.0, "throughput": 0.0}}
+    sweeps: list[dict[str, Any]] = []
     if "inproc" not in skip:
         print("(c) in-process batched forward", flush=True)
-        res["inproc"] = run_inproc(model_dir, cfg)
+        sweeps.append(run_inproc(model_dir, cfg))
 
-    if "agent" not in skip:
-        print(f"(a) agent: max_batch_size {cfg['max_batch_size']}, max_queue_delay_ms "
-              f"{cfg['max_queue_delay_ms']}", flush=True)
-        port = free_port()
-        agent = Server("agent", [
-            sys.executable, "-m", "ofa_agent", "--model-dir", str(model_dir), "--host",
-            "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning",
-            "--max-batch-size", str(cfg["max_batch_size"]),
-            "--max-queue-delay-ms", str(cfg["max_queue_delay_ms"]),
-            "--max-queue", "1024", "--request-timeout-s", str(cfg["request_timeout_s"]),
-            "--warmup", str(cfg.get("agent_warmup", 2)), "--drain-grace-s", "0",
-            "--torch-threads", str(args.threads),
-        ], port, "/v2/health/ready", RESULTS / f"{args.preset}-{stamp}-agent.log")
-        try:
-            res["agent_ready_s"] = round(agent.wait_ready(cfg["ready_timeout_s"]), 1)
-            res["agent"] = run_levels(port, "/v1/predict", images, cfg, levels)
-        finally:
-            agent.stop()
+    servers: dict[str, tuple[Server, str]] = {}
+    try:
+        if "agent" not in skip:
+            port = free_port()
+            servers["agent"] = (Server("agent", [
+                sys.executable, "-m", "ofa_agent", "--model-dir", str(model_dir), "--host",
+                "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning",
+                "--max-batch-size", str(cfg["max_batch_size"]),
+                "--max-queue-delay-ms", str(cfg["max_queue_delay_ms"]),
+                "--max-queue", "1024", "--request-timeout-s", str(cfg["request_timeout_s"]),
+                "--warmup", str(cfg.get("agent_warmup", 2)), "--drain-grace-s", "0",
+                "--torch-threads", str(args.threads),
+            ], port, "/v2/health/ready", RESULTS / f"{args.preset}-{stamp}-agent.log"),
+                "/v1/predict")
+        if "baseline" not in skip:
+            port = free_port()
+            servers["baseline"] = (Server("baseline", [
+                sys.executable, str(REPO / "bench" / "baseline_server.py"), "--model-dir",
+                str(model_dir), "--port", str(port),
+            ], port, "/health", RESULTS / f"{args.preset}-{stamp}-baseline.log"), "/predict")
+        reqs = {}
+        for name, (srv, path) in servers.items():
+            res[f"{name}_ready_s"] = round(srv.wait_ready(cfg["ready_timeout_s"]), 1)
+            reqs[name] = build_requests(srv.port, path, images)
+            asyncio.run(_load(srv.port, reqs[name], 1, cfg["warmup_requests"],
+                              cfg["level_time_s"], cfg["request_timeout_s"]))
+        per: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in levels}
+                                                           for n in servers}
+        for r in range(rounds):
+            for c in levels:
+                names = list(servers) if r % 2 == 0 else list(reversed(servers))
+                for name in names:
+                    srv = servers[name][0]
+                    n = cfg["requests"].get(c, 2 * c)
+                    one = asyncio.run(_load(srv.port, reqs[name], c, n, cfg["level_time_s"],
+                                            cfg["request_timeout_s"]))
+                    print(f"  round {r + 1}/{rounds} {name:<8} c={c:<3} {one['ok']:>5} ok "
+                          f"{one['throughput']:8.2f} req/s  p50 {one['p50_ms']} ms  "
+                          f"p99 {one['p99_ms']} ms  errors {one['errors']}", flush=True)
+                    per[name][c].append(one)
+        for name in servers:
+            res[name] = [aggregate(per[name][c]) for c in levels]
+    finally:
+        for srv, _path in servers.values():
+            srv.stop()
 
-    if "baseline" not in skip:
-        print("(b) baseline server (stock pipeline, one call per request)", flush=True)
-        port = free_port()
-        base = Server("baseline", [
-            sys.executable, str(REPO / "bench" / "baseline_server.py"), "--model-dir",
-            str(model_dir), "--port", str(port),
-        ], port, "/health", RESULTS / f"{args.preset}-{stamp}-baseline.log")
-        try:
-            res["baseline_ready_s"] = round(base.wait_ready(cfg["ready_timeout_s"]), 1)
-            res["baseline"] = run_levels(port, "/predict", images, cfg, levels)
-        finally:
-            base.stop()
+    if "inproc" not in skip and rounds > 1:
+        print("(c) in-process batched forward, second sweep", flush=True)
+        sweeps.append(run_inproc(model_dir, cfg))
+    res["inproc"] = combine_sweeps(sweeps) if sweeps else empty
 
     res["machine"]["loadavg_end"] = os.getloadavg()
     top = max(levels)
