@@ -57,8 +57,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rounds": 3,
         "level_time_s": 40.0,
         "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
-        "inproc_time_s": 3.0,
-        "inproc_max_reps": 30,
+        "inproc_time_s": 2.0,
+        "inproc_max_reps": 20,
         "ready_timeout_s": 180.0,
         "request_timeout_s": 60.0,
         "max_batch_size": 32,
@@ -318,7 +318,7 @@ def run_inproc(model_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def combine_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median per batch size over the sweeps (before and after the servers); best of those."""
+    """Median per batch size over the sweeps (one per round); the best of those medians."""
     rows = []
     for i, first in enumerate(sweeps[0]["sweep"]):
         ms = statistics.median(s["sweep"][i]["batch_ms"] for s in sweeps)
@@ -466,9 +466,6 @@ def main() -> int:
     res["rounds"] = rounds
     empty = {"sweep": [], "best": {"batch_size": 0, "reps": 0, "batch_ms": 0.0, "throughput": 0.0}}
     sweeps: list[dict[str, Any]] = []
-    if "inproc" not in skip:
-        print("(c) in-process batched forward", flush=True)
-        sweeps.append(run_inproc(model_dir, cfg))
 
     servers: dict[str, tuple[Server, str]] = {}
     try:
@@ -499,6 +496,9 @@ def main() -> int:
         per: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in levels}
                                                            for n in servers}
         for r in range(rounds):
+            if "inproc" not in skip:  # one sweep per round: (c) sees the same noise as (a), (b)
+                print(f"  round {r + 1}/{rounds} (c) in-process batched forward", flush=True)
+                sweeps.append(run_inproc(model_dir, cfg))
             for c in levels:
                 names = list(servers) if r % 2 == 0 else list(reversed(servers))
                 for name in names:
@@ -516,9 +516,6 @@ def main() -> int:
         for srv, _path in servers.values():
             srv.stop()
 
-    if "inproc" not in skip and rounds > 1:
-        print("(c) in-process batched forward, second sweep", flush=True)
-        sweeps.append(run_inproc(model_dir, cfg))
     res["inproc"] = combine_sweeps(sweeps) if sweeps else empty
 
     res["machine"]["loadavg_end"] = os.getloadavg()
