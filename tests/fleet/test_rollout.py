@@ -22,7 +22,10 @@ from ofactl.transport import ssh_factory
 
 pytestmark = pytest.mark.lab
 
-RATE = 10.0  # requests per second through the VIP (the lab shares 2 CPU cores with 4 agents)
+# Requests per second through the VIP. The lab runs 2 LBs, 4 agents and this load on a shared
+# 2-core machine: at 10/s a busy machine queues requests for seconds (slow, not dropped), so the
+# tests stay well inside capacity and give every request a generous timeout.
+RATE = 4.0
 
 
 def _inv(fleet: Any) -> Any:
@@ -99,7 +102,7 @@ def _drill(fleet: Any, scenario: str, **kw: Any) -> Any:
 
 
 def test_node_scenario_zero_failures(deployed_fleet: Any) -> None:
-    r = _drill(deployed_fleet, "node", max_errors=0)
+    r = _drill(deployed_fleet, "node", max_errors=0, timeout=10.0)
     m = r.metrics
     assert r.restored and m.recover_s is not None
     assert m.requests == int(RATE * 16)
