@@ -61,8 +61,8 @@ def _session_lock(wait_s: float = 900) -> int:
             time.sleep(0.5)
 
 
-def lab_figures(work: Path, keep: bool) -> dict[str, Any]:
-    fd = _session_lock()
+def lab_figures(work: Path, keep: bool, wait_s: float = 900) -> dict[str, Any]:
+    fd = _session_lock(wait_s)
     try:
         return _lab_figures(work, keep)
     finally:
@@ -193,13 +193,15 @@ def main() -> None:
     ap.add_argument("--fake-agents", type=int, default=200)
     ap.add_argument("--skip-lab", action="store_true")
     ap.add_argument("--keep-lab", action="store_true")
+    ap.add_argument("--lab-wait", type=float, default=900,
+                    help="Seconds to wait for another lab user to finish.")
     args = ap.parse_args()
     import tempfile
 
     res: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs"}
     if not args.skip_lab:
         with tempfile.TemporaryDirectory(prefix="ofactl-bench-") as d:
-            res.update(lab_figures(Path(d), args.keep_lab))
+            res.update(lab_figures(Path(d), args.keep_lab, args.lab_wait))
     res.update(fake_figures(args.fake_agents))
     if "deploy_1_node_fresh_s" in res:
         res["deploy_4_vs_1_ratio"] = round(res["deploy_4_nodes_fresh_parallel4_s"]
