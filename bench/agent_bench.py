@@ -466,6 +466,16 @@ def main() -> int:
     res["rounds"] = rounds
     empty = {"sweep": [], "best": {"batch_size": 0, "reps": 0, "batch_ms": 0.0, "throughput": 0.0}}
     sweeps: list[dict[str, Any]] = []
+    if "inproc" not in skip:
+        # The first sweep also sets the agent's max_batch_size (unless given): the batch size
+        # that is fastest on this machine now, capped by the highest concurrency.
+        print(f"  round 1/{rounds} (c) in-process batched forward", flush=True)
+        sweeps.append(run_inproc(model_dir, cfg))
+        if not args.max_batch_size:
+            cfg["max_batch_size"] = min(sweeps[0]["best"]["batch_size"], max(levels))
+            res["settings"]["max_batch_size"] = cfg["max_batch_size"]
+    print(f"(a) agent: max_batch_size {cfg['max_batch_size']}, max_queue_delay_ms "
+          f"{cfg['max_queue_delay_ms']}", flush=True)
 
     servers: dict[str, tuple[Server, str]] = {}
     try:
@@ -496,7 +506,7 @@ def main() -> int:
         per: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in levels}
                                                            for n in servers}
         for r in range(rounds):
-            if "inproc" not in skip:  # one sweep per round: (c) sees the same noise as (a), (b)
+            if "inproc" not in skip and r > 0:  # a sweep per round: (c) sees the same noise
                 print(f"  round {r + 1}/{rounds} (c) in-process batched forward", flush=True)
                 sweeps.append(run_inproc(model_dir, cfg))
             for c in levels:
