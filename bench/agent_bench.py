@@ -359,7 +359,8 @@ def report(res: dict[str, Any]) -> str:
         f"1-min load average {res['machine']['loadavg_start'][0]:.1f} at start, "
         f"{res['machine']['loadavg_end'][0]:.1f} at end; torch threads "
         f"{res['settings'].get('threads') or 'default'}; {res['rounds']} interleaved round(s), "
-        "median throughput",
+        f"median throughput; agent max_batch_size {res['settings']['max_batch_size']}, "
+        f"max_queue_delay_ms {res['settings']['max_queue_delay_ms']:g}",
         "",
         "| configuration | concurrency | requests ok | throughput (req/s) | p50 ms | p99 ms |"
         " errors |",
