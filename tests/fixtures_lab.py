@@ -104,14 +104,21 @@ class LabFleet:
         assert info is not None, "the lab is gone"
         return info
 
-    def heal(self, timeout: float = 40.0) -> None:
-        """Undo host faults: boot stopped/crashed hosts and bring every link up."""
+    def heal(self, timeout: float = 60.0) -> api.LabInfo:
+        """Undo host faults: boot stopped/crashed hosts, bring every link up, then wait (bounded)
+        until every host is healthy (systemd settled, sshd answering); returns the last status."""
+        deadline = time.monotonic() + timeout
         info = self.status()
         for hs in info.hosts:
             if not hs.running:
                 api.fault(hs.host.name, "boot", timeout=timeout)
             elif not hs.link:
                 api.fault(hs.host.name, "link-up")
+        while True:
+            info = self.status()
+            if info.healthy or time.monotonic() > deadline:
+                return info
+            time.sleep(0.2)
 
     def inventory_copy(self, dest: Path, model_dir: str | Path | None = None,
                        **agent: Any) -> Path:

@@ -142,3 +142,20 @@ def test_up_then_down_within_budget(bare_machine: None) -> None:
     down_s = time.monotonic() - t1
     assert up_s <= 30 and down_s <= 15, (up_s, down_s)
     assert_nothing_left()
+
+
+def test_down_is_bounded_even_with_stubborn_services(bare_machine: None) -> None:
+    api.up(nodes=2, lbs=1)
+    for host in ("lb1", "node1", "node2"):
+        proc = api.exec_in(host, ["systemctl", "start", "nginx"], timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        # ignores SIGTERM and asks systemd for a minute to stop: only a kill ends it
+        proc = api.exec_in(host, ["systemd-run", "--unit=stubborn", "-p", "TimeoutStopSec=60",
+                                  "sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+                           timeout=30)
+        assert proc.returncode == 0, proc.stderr
+    t0 = time.monotonic()
+    report = api.down()
+    assert time.monotonic() - t0 <= 15
+    assert report.leftovers == []
+    assert_nothing_left()
