@@ -74,7 +74,8 @@ def render_inventory(plan: LabPlan, token_file: Path, vrrp_file: Path) -> dict[s
                 "virtual_router_id": VIRTUAL_ROUTER_ID,
                 "advert_int": 1,
                 "auth_pass": {"file": str(vrrp_file)},
-                "mode": "unicast",
+                # a unicast group needs a peer: a single LB speaks multicast
+                "mode": "unicast" if len(lbs) > 1 else "multicast",
                 "preempt": True,
                 "upstream": "fleet",
                 "members": [
