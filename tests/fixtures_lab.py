@@ -187,7 +187,7 @@ def lab_machine() -> Iterator[None]:
     """This machine can run a lab, and this session has it to itself (bounded wait)."""
     problems = api.preflight_problems()
     if problems:
-        _unavailable("; ".join(problems) + f" (fix: {api.INSTALL_HINT}, run as root)")
+        _unavailable("; ".join(problems) + f" (fix: {api.fix_for(problems)})")
     fd = _take_session_lock()
     try:
         yield

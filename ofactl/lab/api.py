@@ -96,17 +96,21 @@ def _require_root(what: str) -> None:
                        hint=f"run as root: sudo ofactl lab {what}")
 
 
-def preflight() -> None:
-    """Raise LabError with the fix when the lab cannot run here."""
-    problems = preflight_problems()
-    if not problems:
-        return
+def fix_for(problems: list[str]) -> str:
+    """The next step for the problems preflight_problems() found."""
     hint = INSTALL_HINT
     if any("root" in p for p in problems):
         hint = "run as root: sudo ofactl lab up" + (
             f"; install the tools: {INSTALL_HINT}" if any("missing" in p for p in problems)
             else "")
-    raise LabError("lab: cannot run here: " + "; ".join(problems), hint=hint)
+    return hint
+
+
+def preflight() -> None:
+    """Raise LabError with the fix when the lab cannot run here."""
+    problems = preflight_problems()
+    if problems:
+        raise LabError("lab: cannot run here: " + "; ".join(problems), hint=fix_for(problems))
 
 
 # ---------------------------------------------------------------- locking
