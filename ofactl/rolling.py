@@ -346,7 +346,8 @@ def execute_plan(
     result = RollingResult()
     failed: set[str] = set()
     drained_now: frozenset[str] = frozenset()
-    all_nodes = list(plan.nodes)
+    # the live guard counts every node of each cloud, not only the ones being restarted
+    all_nodes = list(dict.fromkeys([*plan.clouds, *plan.nodes]))
     try:
         for bi, batch in enumerate(plan.batches):
             # live capacity guard: earlier failures lower the ready count

@@ -232,6 +232,17 @@ def test_execute_undrains_on_interrupt() -> None:
     assert ops.drained == frozenset()
 
 
+def test_live_guard_counts_nodes_outside_the_plan() -> None:
+    # restarting only "a": "b" (same cloud, not restarted) keeps the cloud above its minimum
+    ops = FakeOps(["a", "b"])
+    plan = RollingPlan(batches=(plan_rolling([PlanNode("a", "x")], min_ready=0).batches),
+                       clouds={"a": "x", "b": "x"}, min_ready={"x": 1})
+    assert execute_plan(plan, ops).ok
+    ops.ready["b"] = False
+    assert execute_plan(plan, ops).stopped == (
+        "batch 0 (a) not started: cloud x: 0 ready node(s) would remain, minimum is 1")
+
+
 def test_pause_between_batches_only() -> None:
     ops = FakeOps(["a", "b", "c"])
     pauses: list[float] = []
