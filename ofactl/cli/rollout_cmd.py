@@ -218,6 +218,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if lock is not None:
                 lock.release()
+                lock.t.close()
         if json_out:
             print_json(result.to_dict())
         else:
@@ -282,6 +283,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if lock is not None:
                 lock.release()
+                lock.t.close()
         if json_out:
             print_json({"nodes": [p.to_dict() for p in plans], "result": result.to_dict()})
         else:
@@ -388,6 +390,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if lock is not None:
                 lock.release()
+                lock.t.close()
         command = "ofactl " + shlex.join(sys.argv[1:])
         data = report_dict(results, command=command,
                            budget={"max_errors": max_errors,
