@@ -154,6 +154,18 @@ def prune_dirs(parent: str, keep: Sequence[str], keep_count: int) -> str:
             f"{grep} | xargs -r rm -rf --")
 
 
+def prune_models(base_dir: str, keep_newest: int = 2) -> str:
+    """Delete model snapshots under {base}/models except: the live `model` link target, every
+    snapshot a release records in releases/*/ofactl-model (rollback needs it), and the
+    keep_newest most recent. Only <digest12> directories are ever touched."""
+    b = q(base_dir)
+    return (f"cd {b}/models && keep=\" $(basename \"$(readlink {b}/model)\" 2>/dev/null) "
+            f"$(cat {b}/releases/*/ofactl-model 2>/dev/null | tr '\\n' ' ') "
+            f"$(ls -1t | grep -xE '[0-9a-f]{{12}}' | head -n {keep_newest} | tr '\\n' ' ') \" "
+            "&& for d in $(ls -1 | grep -xE '[0-9a-f]{12}'); do case \"$keep\" in "
+            "*\" $d \"*) ;; *) rm -rf -- \"$d\" ;; esac; done")
+
+
 def backup(dest: str, suffix: str = ".ofactl-bak") -> str:
     """Copy dest to dest+suffix, keeping mode/owner (no-op when dest does not exist)."""
     return f"if [ -e {q(dest)} ]; then cp -pf {q(dest)} {q(dest + suffix)}; fi"

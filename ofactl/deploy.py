@@ -38,6 +38,7 @@ AGENT_UNIT = "ofa-agent"
 AGENT_UNIT_FILE = "/etc/systemd/system/ofa-agent.service"
 LB_UNITS = ("nginx", "keepalived")
 DEFAULT_TIMEOUT = 60.0
+KEEP_MODELS = 2  # newest model snapshots kept on a node besides the live and recorded ones
 RUNTIME_MODULES = ("fastapi", "uvicorn", "prometheus_client", "PIL", "torch", "modelscope")
 
 
@@ -315,6 +316,7 @@ def push_release(t: Transport, node: Any, f: HostFacts, release: Release,
     current = os.path.basename(f.current.rstrip("/")) if f.current else ""
     if current.endswith("-" + release.sha8):
         out.note(f"release {current} unchanged")
+        out.data["release"] = current
         return False
     if existing:
         rid = existing[-1]
@@ -327,6 +329,7 @@ def push_release(t: Transport, node: Any, f: HostFacts, release: Release,
         t.run(commands.untar(archive, f"{rel_dir}/{rid}"), timeout=DEFAULT_TIMEOUT)
         out.change(f"release {rid} uploaded ({len(release.tarball) // 1024} KiB)")
     t.run(commands.atomic_symlink(f"releases/{rid}", a.current_dir), timeout=DEFAULT_TIMEOUT)
+    out.data["release"] = rid
     keep = [rid] + ([current] if current else [])
     t.run(commands.prune_dirs(rel_dir, keep, a.keep_releases), timeout=DEFAULT_TIMEOUT)
     return True
@@ -368,6 +371,7 @@ def push_model(t: Transport, node: Any, f: HostFacts, model: LocalModel,
     the `model` link atomically. True when the link changed (the agent must restart)."""
     a = node.agent
     d12 = model.digest12
+    out.data["model"] = d12
     models = f"{a.base_dir}/models"
     dest = f"{models}/{d12}"
     manifest_path = f"{dest}/{MANIFEST_NAME}"
@@ -475,6 +479,7 @@ def pull_model_on_node(t: Transport, node: Any, model_id: str, revision: str,
     t.run(f"if [ -d {q(models + '/' + d12)} ]; then rm -rf {q(tmp)}; "
           f"else mv -T {q(tmp)} {q(models + '/' + d12)}; fi", timeout=DEFAULT_TIMEOUT)
     t.run(commands.atomic_symlink(f"models/{d12}", a.model_dir), timeout=DEFAULT_TIMEOUT)
+    out.data["model"] = d12
     out.change(f"model -> models/{d12} ({model_id}@{revision}, downloaded on the node)")
     return True
 
@@ -581,6 +586,16 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
         restart |= push_model(t, node, f, ctx.model, out)
     elif ctx.hub_model is not None:
         restart |= pull_model_on_node(t, node, *ctx.hub_model, out)
+    if restart and out.data.get("release") and out.data.get("model"):
+        # which model this release runs with, for `ofactl rollback`; then drop snapshots that
+        # nothing needs any more (never the live one or one a release records)
+        from ofactl.rollback import record_model_cmd
+
+        t.run(record_model_cmd(node.agent.base_dir, out.data["release"], out.data["model"]),
+              timeout=DEFAULT_TIMEOUT)
+        if any(c.startswith("model -> ") for c in out.changes):
+            t.run(commands.prune_models(node.agent.base_dir, KEEP_MODELS),
+                  timeout=DEFAULT_TIMEOUT)
     step("unit, env, token")
     changed = install_files(t, files, f, out)
     unit_changed = any(rf.dest.endswith(".service") for rf in changed)

@@ -79,3 +79,10 @@ def test_curl_and_python_check():
         "http://127.0.0.1:8000/v2/health/ready")
     assert c.python_check("/rt/bin/python", ["torch", "fastapi"]) == (
         "/rt/bin/python", "-c", "import torch, fastapi")
+
+
+def test_prune_models_keeps_live_recorded_and_newest():
+    cmd = c.prune_models("/opt/ofa", 2)
+    assert cmd.startswith("cd /opt/ofa/models && keep=\" $(basename \"$(readlink /opt/ofa/model)\"")
+    assert "$(cat /opt/ofa/releases/*/ofactl-model 2>/dev/null" in cmd
+    assert "head -n 2" in cmd and "grep -xE '[0-9a-f]{12}'" in cmd

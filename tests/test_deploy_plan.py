@@ -649,8 +649,13 @@ def test_deploy_node_fresh_then_unchanged(local_model):
         "ofa-agent enabled", "ofa-agent started"]
     assert list(out.data["steps_s"]) == list(deploy.STEP_NAMES)
     assert "systemctl daemon-reload" in t.commands()
-    # the same node as it now is: nothing to do, no restart
     d12 = local_model.digest12
+    assert ("printf '%s\\n' " + d12 + " > /opt/ofa/releases/20260101000000-abcd1234/"
+            "ofactl-model.ofactl-tmp && mv -fT /opt/ofa/releases/20260101000000-abcd1234/"
+            "ofactl-model.ofactl-tmp /opt/ofa/releases/20260101000000-abcd1234/ofactl-model"
+            ) in t.commands()
+    assert any(c.startswith("cd /opt/ofa/models && keep=") for c in t.commands())
+    # the same node as it now is: nothing to do, no restart
     ctx.facts["n1"] = HostFacts(
         runtime_python=True, runtime_fingerprints=("fp1",),
         current="releases/20260101000000-abcd1234", releases=("20260101000000-abcd1234",),
