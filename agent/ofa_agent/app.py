@@ -107,6 +107,8 @@ class Agent:
             settings.max_items,
         )
         self.token = settings.read_token()
+        if settings.token_problem() is not None:
+            log.warning("%s; admin endpoints are disabled", settings.token_problem())
         self.engine: Any = None
         self.pair_type: Callable[..., Any] | None = None
         self.batcher: Batcher | None = None

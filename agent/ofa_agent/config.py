@@ -65,21 +65,33 @@ class Settings:
         }
 
     def read_token(self) -> str | None:
-        """The bearer token from --token-file, or None when no file is configured."""
+        """The bearer token from --token-file, or None when none is configured or usable.
+
+        An unreadable or empty file is an error only with --require-token (predict could never
+        be authorised); otherwise the agent starts with its admin endpoints disabled (403) and
+        `token_problem` says why.
+        """
         if self.token_file is None:
             return None
+        problem = self.token_problem()
+        if problem is None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        if self.require_token and self.token_file is not None:
+            raise ConfigError(problem)
+        return None
+
+    def token_problem(self) -> str | None:
+        """Why --token-file gives no token (None when it does, or when none is configured)."""
+        if self.token_file is None:
+            return None
+        where = f"--token-file / {ENV_PREFIX}TOKEN_FILE"
         try:
             token = self.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(
-                f"--token-file / {ENV_PREFIX}TOKEN_FILE: cannot read {str(self.token_file)!r}: "
-                f"{exc.strerror}"
-            ) from exc
+            return f"{where}: cannot read {str(self.token_file)!r}: {exc.strerror}"
         if not token:
-            raise ConfigError(
-                f"--token-file / {ENV_PREFIX}TOKEN_FILE: {str(self.token_file)!r} is empty"
-            )
-        return token
+            return f"{where}: {str(self.token_file)!r} is empty"
+        return None
 
 
 # name -> (type, help). Type "bool" is a switch flag; its variable takes 1/0/true/false.
@@ -179,6 +191,8 @@ def load_settings(
         raise ConfigError(
             f"--model-dir / {_env('model_dir')}: required (a model snapshot directory)"
         )
+    if "max_items" not in values:  # follow a small --max-queue instead of refusing to start
+        values["max_items"] = min(Settings.max_items, int(values.get("max_queue", 64)))
     settings = Settings(**values)
     validate(settings)
     return settings

@@ -162,3 +162,28 @@ def test_main_exits_2_on_a_bad_setting(capsys: pytest.CaptureFixture[str]) -> No
     assert "ofa-agent: --model-dir / OFA_AGENT_MODEL_DIR: must be an existing directory" in (
         capsys.readouterr().err
     )
+
+
+def test_missing_token_file_disables_admin_unless_predict_needs_it(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    env = {"OFA_AGENT_MODEL_DIR": str(model_dir),
+           "OFA_AGENT_TOKEN_FILE": str(tmp_path / "absent")}
+    s = load_settings([], env)
+    assert s.read_token() is None
+    assert s.token_problem() == (
+        f"--token-file / OFA_AGENT_TOKEN_FILE: cannot read '{tmp_path / 'absent'}': "
+        "No such file or directory"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings([], {**env, "OFA_AGENT_REQUIRE_TOKEN": "1"})
+    assert "cannot read" in str(err.value)
+
+
+def test_max_items_follows_a_small_queue(model_dir: Path) -> None:
+    env = {"OFA_AGENT_MODEL_DIR": str(model_dir), "OFA_AGENT_MAX_QUEUE": "16"}
+    assert load_settings([], env).max_items == 16
+    with pytest.raises(ConfigError) as err:
+        load_settings(["--max-items", "20"], env)
+    assert str(err.value) == ("--max-items / OFA_AGENT_MAX_ITEMS: must be <= --max-queue (16), "
+                              "got 20 (a larger batch request could never be queued)")
