@@ -159,3 +159,24 @@ def test_down_is_bounded_even_with_stubborn_services(bare_machine: None) -> None
     assert time.monotonic() - t0 <= 15
     assert report.leftovers == []
     assert_nothing_left()
+
+
+def test_fresh_hosts_run_only_sshd_with_nginx_and_keepalived_disabled(bare_machine: None) -> None:
+    api.up(nodes=1, lbs=1)
+    for host in ("lb1", "node1"):
+        enabled = api.exec_in(host, ["systemctl", "is-enabled", "nginx", "keepalived"])
+        assert enabled.stdout.split() == ["disabled", "disabled"]
+        active = api.exec_in(host, ["systemctl", "is-active", "nginx", "keepalived"])
+        assert active.stdout.split() == ["inactive", "inactive"]
+        assert api.exec_in(host, ["test", "-x", "/usr/sbin/keepalived"]).returncode == 0
+        assert api.exec_in(host, ["test", "-x", "/usr/sbin/nginx"]).returncode == 0
+        assert api.exec_in(host, ["test", "-e", "/etc/nginx/sites-enabled/default"]
+                           ).returncode == 1
+        out = api.exec_in(host, ["systemctl", "list-units", "--type=service", "--state=running",
+                                 "--no-legend", "--plain"]).stdout
+        running = sorted(line.split()[0] for line in out.splitlines() if line.strip())
+        assert set(running) <= {"dbus.service", "ssh.service", "systemd-journald.service",
+                                "systemd-logind.service"}, running
+        assert api.exec_in(host, ["systemctl", "is-system-running"]).stdout.strip() == "running"
+    api.down()
+    assert_nothing_left()
