@@ -191,8 +191,12 @@ def test_keepalived_moves_the_vip_between_the_lbs(lab_fleet: LabFleet) -> None:
         for host, (me, peer, prio) in lbs.items():
             lab_fleet.exec(host, ["sh", "-c", f"cat > {conf}"], check=True,
                            input=KEEPALIVED_CONF.format(me=me, peer=peer, prio=prio))
+            # own pid files: a deployed keepalived would make a second one refuse to start
             lab_fleet.exec(host, ["systemd-run", "--unit=lab-test-keepalived", "keepalived",
-                                  "-n", "-l", "-D", "-P", "-f", conf], check=True)
+                                  "-n", "-l", "-D", "-P", "-f", conf,
+                                  "-p", "/run/lab-test-keepalived.pid",
+                                  "-r", "/run/lab-test-vrrp.pid",
+                                  "-c", "/run/lab-test-checkers.pid"], check=True)
         assert wait_until(lambda: has_vip("lb1"), 10)
         assert not has_vip("lb2")
         lab_fleet.fault("lb1", "stop", "lab-test-keepalived")
