@@ -155,6 +155,12 @@ class DeployContext:
     runtime_fp: str = ""
     wheelhouse: Path | None = None
     ready_timeout_s: float | None = None  # override of agent.ready_timeout_s
+    # restarts of agents that are already serving go through the rolling machinery (drain on
+    # every LB, wait for in-flight work, restart, ready + smoke prediction, undrain)
+    rolling: bool = True
+    batch: str = "1"
+    canary: int = 0
+    max_fail: int = 0
     runtime_install_timeout_s: float = 3600.0
     render_host: Callable[..., list[Any]] | None = None
     validation_argv: Callable[[Any, str], Any] | None = None
@@ -500,14 +506,19 @@ def install_files(t: Transport, files: Sequence[Any], f: HostFacts, out: HostOut
 
 
 def ensure_agent_service(t: Transport, f: HostFacts, *, unit_changed: bool, restart: bool,
-                         out: HostOutcome) -> bool:
+                         out: HostOutcome, defer_restart: bool = False) -> bool:
     """daemon-reload if the unit changed, enable if needed, (re)start if anything changed or the
-    unit is not active. True when the agent was (re)started."""
+    unit is not active. With defer_restart, a serving agent is not restarted here: it is marked
+    `restart_pending` for the rolling restart after the LB step. True when (re)started."""
     if unit_changed:
         t.run(commands.daemon_reload(), timeout=DEFAULT_TIMEOUT)
     if not f.unit_enabled(AGENT_UNIT):
         t.run(commands.systemctl("enable", AGENT_UNIT), timeout=DEFAULT_TIMEOUT)
         out.change(f"{AGENT_UNIT} enabled")
+    if restart and defer_restart and f.unit_active(AGENT_UNIT):
+        out.data["restart_pending"] = True
+        out.change(f"{AGENT_UNIT} restart (rolling: drained on every LB first)")
+        return False
     if restart or not f.unit_active(AGENT_UNIT):
         verb = "restart" if f.unit_active(AGENT_UNIT) else "start"
         t.run(commands.systemctl(verb, AGENT_UNIT), timeout=DEFAULT_TIMEOUT)
@@ -601,7 +612,9 @@ def deploy_node(t: Transport, node: Any, ctx: DeployContext,
     unit_changed = any(rf.dest.endswith(".service") for rf in changed)
     restart |= bool(changed)
     step("service")
-    started = ensure_agent_service(t, f, unit_changed=unit_changed, restart=restart, out=out)
+    defer = ctx.rolling and bool(getattr(ctx.inv, "lbs", ()))
+    started = ensure_agent_service(t, f, unit_changed=unit_changed, restart=restart, out=out,
+                                   defer_restart=defer)
     if started:
         budget = ctx.ready_timeout_s or float(node.agent.ready_timeout_s)
         step(f"waiting for ready (budget {budget:g} s)")
@@ -744,6 +757,7 @@ class DeployReport:
     dry_entries: list[DryRunEntry] = field(default_factory=list)
     release: str = ""
     model: str = ""
+    rolling: dict[str, Any] = field(default_factory=dict)  # the rolling restart, if one ran
 
     @property
     def ok(self) -> bool:
@@ -761,6 +775,7 @@ class DeployReport:
                 "release": self.release, "model": self.model, "lock": self.lock,
                 "stopped": self.stopped or None, "preflight": self.preflight,
                 "hosts": [r.to_json() for r in self.results],
+                **({"rolling_restart": self.rolling} if self.rolling else {}),
                 "summary": {s: sum(1 for r in self.results if r.status == s)
                             for s in ("changed", "unchanged", "failed", "skipped")},
                 **({"dry_run_actions": [e.__dict__ for e in self.dry_entries]}
@@ -844,6 +859,8 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
                 results.append(r)
                 if not r.ok:
                     report.stopped = f"{lb.name}: LB config failed; later LBs left untouched"
+            if not report.stopped:
+                _rolling_restarts(ctx, results, transports, dry, report)
             order = {h.name: i for i, h in enumerate(hosts)}
             report.results = sorted(results, key=lambda r: order.get(r.host, 0))
         finally:
@@ -866,6 +883,56 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
             t.close()
         report.duration_s = time.monotonic() - t0
     return report
+
+
+def _rolling_restarts(ctx: DeployContext, results: list[HostResult],
+                      transports: Callable[[Any], Transport], dry: bool,
+                      report: DeployReport) -> None:
+    """Restart the serving agents whose release, model or files changed, through the rolling
+    machinery (drain on every LB, wait for in-flight work, restart, ready + smoke prediction,
+    undrain), after the LB configs are in place. A failed node stays drained; the report says
+    so and the deploy exits 1."""
+    by_host = {r.host: r for r in results}
+    pending = [r.host for r in results if r.ok and r.data.get("restart_pending")]
+    if not pending:
+        return
+    if dry:
+        for name in pending:
+            by_host[name].notes.append("dry run: would restart through the rolling machinery")
+        return
+    from ofactl.rolling import restart_nodes
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        node = data.get("node")
+        if ctx.on_event is not None and node in by_host:  # per-node progress lines only
+            ctx.on_event(str(node), "step", _event_text(kind, data))
+
+    rr = restart_nodes(ctx.inv, transports, pending, batch=ctx.batch, canary=ctx.canary,
+                       max_fail=ctx.max_fail, on_event=event)
+    report.rolling = rr.to_dict()
+    for o in rr.outcomes:
+        r = by_host[o.node]
+        r.data.pop("restart_pending", None)
+        if o.ok:
+            r.notes.append(f"restarted (rolling, batch {o.batch}, {o.seconds:.1f} s)")
+        else:
+            r.ok = False
+            r.error = f"{o.node}: rolling restart failed: {o.error}"
+            r.hint = f"ofactl status --nodes {o.node}; the node stays drained on every LB"
+    for name in rr.skipped:
+        r = by_host[name]
+        r.ok = False
+        r.error = f"{name}: not restarted ({rr.stopped or 'rolling restart stopped'})"
+        r.hint = "fix the failed node, then `ofactl deploy` again"
+    if not rr.ok:
+        report.stopped = f"rolling restart stopped: {rr.stopped or 'a node failed'}"
+
+
+def _event_text(kind: str, data: dict[str, Any]) -> str:
+    """One readable line for a rolling-restart event."""
+    detail = ", ".join(f"{k}={v}" for k, v in data.items() if k != "node" and
+                       isinstance(v, (str, int, float)))
+    return f"rolling {kind}" + (f" ({detail})" if detail else "")
 
 
 def select_hosts(inv: Any, nodes: str | None, cloud: str | None, role: str | None) -> list[Any]:

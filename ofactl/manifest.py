@@ -91,7 +91,9 @@ def read_manifest(root: Path) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: no manifest (make one with `ofactl model pull --from`)") from None
+        raise ValueError(
+            f"{path}: no manifest (make one with `ofactl model pull --from`)"
+        ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
     try:

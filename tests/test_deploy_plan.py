@@ -16,7 +16,7 @@ import pytest
 
 from ofactl import deploy, lock, status
 from ofactl.errors import OperationError
-from ofactl.executor import HostOutcome, run_parallel
+from ofactl.executor import HostOutcome, HostResult, run_parallel
 from ofactl.facts import HostFacts
 from ofactl.manifest import write_manifest
 from ofactl.modelstore import tree_problems
@@ -198,6 +198,65 @@ def test_service_unit_changed_reloads_and_restarts():
     t, out = RecordingTransport("n1"), HostOutcome()
     assert deploy.ensure_agent_service(t, f, unit_changed=True, restart=True, out=out)
     assert t.commands() == ["systemctl daemon-reload", "systemctl restart ofa-agent"]
+
+
+def test_service_serving_agent_restart_is_deferred_to_rolling():
+    f = HostFacts(units={"ofa-agent": ("active", "enabled")})
+    t, out = RecordingTransport("n1"), HostOutcome()
+    started = deploy.ensure_agent_service(t, f, unit_changed=True, restart=True, out=out,
+                                          defer_restart=True)
+    assert started is False
+    assert t.commands() == ["systemctl daemon-reload"]  # no restart here: drained first
+    assert out.data["restart_pending"] is True
+    assert out.changes == ["ofa-agent restart (rolling: drained on every LB first)"]
+
+
+def test_service_stopped_agent_is_started_even_when_deferring():
+    f = HostFacts(units={"ofa-agent": ("inactive", "enabled")})
+    t, out = RecordingTransport("n1"), HostOutcome()
+    assert deploy.ensure_agent_service(t, f, unit_changed=False, restart=True, out=out,
+                                       defer_restart=True)
+    assert t.commands() == ["systemctl start ofa-agent"]
+    assert "restart_pending" not in out.data
+
+
+def test_rolling_phase_marks_failed_and_skipped_nodes(monkeypatch):
+    from ofactl import rolling
+
+    res = rolling.RollingResult(
+        outcomes=[rolling.NodeOutcome("n1", 1, True, 3.0),
+                  rolling.NodeOutcome("n2", 2, False, 9.0, error="not ready after 5 s")],
+        stopped="node n2 failed", left_drained=["n2"], skipped=["n3"])
+    seen = {}
+
+    def fake_restart_nodes(inv, factory, nodes, **kw):
+        seen["nodes"], seen["kw"] = list(nodes), kw
+        return res
+
+    monkeypatch.setattr(rolling, "restart_nodes", fake_restart_nodes)
+    results = [HostResult(n, True, changes=["x"], data={"restart_pending": True})
+               for n in ("n1", "n2", "n3")] + [HostResult("lb1", True)]
+    report = deploy.DeployReport()
+    ctx = deploy.DeployContext(inv=object(), batch="50%", canary=1)
+    deploy._rolling_restarts(ctx, results, lambda h: None, False, report)
+    assert seen["nodes"] == ["n1", "n2", "n3"]
+    assert seen["kw"]["batch"] == "50%" and seen["kw"]["canary"] == 1
+    by = {r.host: r for r in results}
+    assert by["n1"].ok and by["n1"].notes == ["restarted (rolling, batch 1, 3.0 s)"]
+    assert not by["n2"].ok and by["n2"].error == "n2: rolling restart failed: not ready after 5 s"
+    assert not by["n3"].ok and by["n3"].error == "n3: not restarted (node n2 failed)"
+    assert report.stopped == "rolling restart stopped: node n2 failed" and not report.ok
+    assert report.to_json()["rolling_restart"]["left_drained"] == ["n2"]
+
+
+def test_rolling_phase_dry_run_only_notes(monkeypatch):
+    from ofactl import rolling
+
+    monkeypatch.setattr(rolling, "restart_nodes", lambda *a, **k: pytest.fail("ran"))
+    results = [HostResult("n1", True, data={"restart_pending": True})]
+    deploy._rolling_restarts(deploy.DeployContext(inv=object()), results, lambda h: None,
+                             True, deploy.DeployReport())
+    assert results[0].notes == ["dry run: would restart through the rolling machinery"]
 
 
 def test_service_first_time_enabled_and_started():

@@ -165,6 +165,16 @@ def deploy(
         "--wheelhouse", help="Local wheel dir for runtime_source: wheelhouse.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
         "--model-dir", help="Local snapshot to push (default: model.local_dir).")] = None,
+    batch: Annotated[str, typer.Option(
+        "--batch", help="Serving agents that must restart go N or P% at a time, drained on "
+        "every LB first.")] = "1",
+    canary: Annotated[int, typer.Option(
+        "--canary", min=0, help="Restart this many nodes alone before the batches.")] = 0,
+    max_fail: Annotated[int, typer.Option(
+        "--max-fail", min=0, help="Stop the restarts once more nodes failed.")] = 0,
+    no_rolling: Annotated[bool, typer.Option(
+        "--no-rolling", help="Restart changed agents in place, without draining them on the "
+        "LBs (faster; requests to those nodes fail while they restart).")] = False,
 ) -> None:
     """Deploy the agent, model, units and LB configs to the selected hosts (idempotent)."""
     from ofactl.deploy import (
@@ -176,10 +186,12 @@ def deploy(
         runtime_fingerprint,
         select_hosts,
     )
+    from ofactl.rolling import parse_batch
     from ofactl.transport import ssh_factory
 
     inv = _load(inventory)
     hosts = select_hosts(inv, nodes, cloud, role)
+    parse_batch(batch, max(len(inv.nodes), 1))  # a bad --batch is refused before any change
     has_nodes = any(getattr(h, "role", "node") == "node" for h in hosts)
     model = None
     if has_nodes and inv.model.source == "push":
@@ -188,7 +200,8 @@ def deploy(
                         model=model, runtime_fp=runtime_fingerprint(), wheelhouse=wheelhouse,
                         hub_model=(inv.model.id, inv.model.revision)
                         if has_nodes and inv.model.source == "hub" else None,
-                        ready_timeout_s=ready_timeout)
+                        ready_timeout_s=ready_timeout, rolling=not no_rolling, batch=batch,
+                        canary=canary, max_fail=max_fail)
     if not (yes or dry_run or json_out) and console.is_terminal:
         names = ", ".join(h.name for h in hosts)
         typer.confirm(f"deploy to {len(hosts)} host(s) of {inv.fleet} ({names})?", abort=True)
