@@ -169,6 +169,13 @@ def prepare(plan: LabPlan, host: LabHost, pubkey: str) -> str:
     return f"{pub[0]} {pub[1]}"
 
 
+def _runtime_bind(plan: LabPlan) -> list[str]:
+    """Bind the agent runtime venv read-only at its own path: the overlay shows the machine's
+    files, but nspawn mounts a fresh /tmp (and a checkout may live there, as in CI)."""
+    runtime = Path(plan.runtime)
+    return [f"--bind-ro={runtime}"] if runtime.is_absolute() and runtime.is_dir() else []
+
+
 def start(plan: LabPlan, host: LabHost) -> tuple[int, int | None]:
     """Boot the host with systemd-nspawn from its own cgroup; return (nspawn pid, starttime)."""
     procs = system.make_cgroup(cgroup_rel(plan.name, host.name))
@@ -186,7 +193,7 @@ def start(plan: LabPlan, host: LabHost) -> tuple[int, int | None]:
             "--link-journal=no", "--console=read-only", "--capability=CAP_NET_ADMIN",
             f"--network-namespace-path=/run/netns/{host.netns}",
             f"--machine={plan.name}-{host.name}",
-            f"--hostname={host.name}", "-b"]
+            f"--hostname={host.name}", *_runtime_bind(plan), "-b"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, env=system.clean_env(), close_fds=True)
