@@ -90,6 +90,39 @@ def test_rolling_restart_every_node_under_load(deployed_fleet: Any) -> None:
         assert " down;" not in conf
 
 
+def test_deploy_with_changed_agents_restarts_them_rolling_under_load(deployed_fleet: Any
+                                                                     ) -> None:
+    """A deploy that changes every agent's settings restarts serving agents through the LBs
+    (drain, restart, ready + smoke prediction, undrain): 0 failed requests through the VIP."""
+    inv = _inv(deployed_fleet)
+
+    def slower_batches(doc: dict[str, Any]) -> None:
+        doc["agent"]["max_queue_delay_ms"] = int(doc["agent"].get("max_queue_delay_ms", 10)) + 3
+
+    changed = deployed_fleet.inventory_variant("agent-setting", mutate=slower_batches)
+    before = _main_pids(deployed_fleet, inv)
+    try:
+        with Load(inv) as load:
+            rc, report = deployed_fleet.deploy("--batch", "1", inventory=changed)
+            records = load.finish()
+        assert rc == 0, report
+        rolling = report["rolling_restart"]
+        assert rolling["ok"] and rolling["left_drained"] == [], rolling
+        nodes = {h["host"]: h for h in report["hosts"] if h["host"] in before}
+        assert all(any("rolling" in c for c in h["changes"]) for h in nodes.values()), nodes
+        after = _main_pids(deployed_fleet, inv)
+        assert all(after[n] != before[n] and after[n] != "0" for n in before), (before, after)
+        assert len(records) > 20
+        assert _failures(records) == []
+        for lb in inv.lbs:
+            conf = deployed_fleet.exec(lb.name, ["cat", "/etc/nginx/nginx.conf"],
+                                       timeout=10).stdout
+            assert " down;" not in conf
+    finally:
+        rc, report = deployed_fleet.deploy()  # back to the fixture's settings
+        assert rc == 0, report
+
+
 def _drill(fleet: Any, scenario: str, **kw: Any) -> Any:
     inv = _inv(fleet)
     settings = DrillSettings(base_url=f"http://{_vip(inv)}", payload=build_payload(inv),
