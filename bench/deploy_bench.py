@@ -47,18 +47,13 @@ def ofactl(*args: str, timeout: float = 900) -> tuple[float, int, dict[str, Any]
 
 def _session_lock(wait_s: float = 900) -> int:
     """The lab session lock tests/fixtures_lab.py uses: one lab user at a time (bounded)."""
-    import fcntl
+    from ofactl.errors import LabError
+    from ofactl.lab.api import take_session_lock
 
-    fd = os.open("/run/ofactl-lab.session.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the lab stayed busy for {wait_s:g} s") from None
-            time.sleep(0.5)
+    try:
+        return take_session_lock(wait_s)
+    except LabError as e:
+        raise SystemExit(str(e)) from None
 
 
 def lab_figures(work: Path, keep: bool, wait_s: float = 900) -> dict[str, Any]:

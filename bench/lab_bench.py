@@ -11,9 +11,7 @@ their ratio to the budget; exits 1 when a median is over budget or anything was 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,26 +21,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ofactl.errors import LabError  # noqa: E402
 from ofactl.lab import api  # noqa: E402
 
 UP_BUDGET_S = 30.0
 DOWN_BUDGET_S = 15.0
 OFACTL = [sys.executable, "-c", "from ofactl.cli import main; main()"]
-SESSION_LOCK = "/run/ofactl-lab.session.lock"  # shared with tests/fixtures_lab.py
 
 
 def take_lab(wait_s: float) -> int:
     """Wait (bounded) until no test session or other user holds the lab."""
-    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"lab_bench: {SESSION_LOCK} held for {wait_s:g} s") from None
-            time.sleep(0.5)
+    try:
+        return api.take_session_lock(wait_s)
+    except LabError as e:
+        raise SystemExit(f"lab_bench: {e}") from None
 
 
 def timed(args: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:

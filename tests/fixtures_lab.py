@@ -20,7 +20,6 @@ repo's .venv that holds the pinned runtime (.ofa-runtime-*), else this Python's 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -33,12 +32,12 @@ from typing import Any
 import pytest
 import yaml
 
+from ofactl.errors import LabError
 from ofactl.lab import api
 from ofactl.lab.plan import LabHost
 
 FIXTURE_NODES = 4
 FIXTURE_LBS = 2
-SESSION_LOCK = Path("/run/ofactl-lab.session.lock")
 
 
 def _in_ci() -> bool:
@@ -154,17 +153,11 @@ def _fleet_from(info: api.LabInfo) -> LabFleet:
 
 def _take_session_lock() -> int:
     wait = float(os.environ.get("OFACTL_LAB_WAIT_S", "600"))
-    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                _unavailable(f"another test session held the lab for {wait:g} s")
-            time.sleep(0.5)
+    try:
+        return api.take_session_lock(wait)
+    except LabError:
+        _unavailable(f"another test session held the lab for {wait:g} s")
+        raise
 
 
 _SESSION: dict[str, Any] = {"fleet_up": False}

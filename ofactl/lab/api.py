@@ -138,6 +138,26 @@ def _lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
 
 # ---------------------------------------------------------------- results
 
+
+SESSION_LOCK = Path("/run/ofactl-lab.session.lock")
+
+
+def take_session_lock(wait_s: float) -> int:
+    """Wait (bounded) until no other test session or benchmark uses the lab; return the flock'd
+    fd (closing it releases). LabError when the lab stayed busy for wait_s."""
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise LabError(f"{SESSION_LOCK}: another lab user held it for {wait_s:g} s",
+                               hint="wait for the other test session or benchmark") from None
+            time.sleep(0.5)
+
 @dataclass
 class HostStatus:
     """What `status` found for one host."""
