@@ -87,3 +87,14 @@ def test_deploy_unknown_selection(tmp_path):
     inv = _inventory(tmp_path, [8000])
     r = CliRunner().invoke(app, ["deploy", "-i", str(inv), "--yes", "--nodes", "zz*"])
     assert r.exit_code == 2 and "no host matches the selection" in r.output
+
+
+def test_deploy_refuses_bad_rollout_flags_before_touching_any_host(tmp_path):
+    inv = _inventory(tmp_path, [1])  # port 1 / a fake key: any connection attempt would fail
+    r = CliRunner().invoke(app, ["deploy", "-i", str(inv), "--yes", "--batch", "0"])
+    assert r.exit_code == 2, r.output
+    assert "--batch: must be a whole number ≥ 1 or a percentage like 25%, got '0'" in r.output
+    r = CliRunner().invoke(app, ["deploy", "-i", str(inv), "--yes", "--canary", "-1"])
+    assert r.exit_code == 2, r.output
+    assert "--canary and --max-fail must be ≥ 0, got -1 and 0" in r.output
+    assert "Traceback" not in r.output

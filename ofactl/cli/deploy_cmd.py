@@ -21,6 +21,7 @@ from ofactl.cli.common import (
     inventory_path,
     print_json,
 )
+from ofactl.cli.rollout_cmd import BatchOpt, CanaryOpt, MaxFailOpt  # shared with restart
 from ofactl.errors import OperationError, UsageError
 
 NodesOpt = Annotated[str | None, typer.Option("--nodes",
@@ -165,13 +166,9 @@ def deploy(
         "--wheelhouse", help="Local wheel dir for runtime_source: wheelhouse.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
         "--model-dir", help="Local snapshot to push (default: model.local_dir).")] = None,
-    batch: Annotated[str, typer.Option(
-        "--batch", help="Serving agents that must restart go N or P% at a time, drained on "
-        "every LB first.")] = "1",
-    canary: Annotated[int, typer.Option(
-        "--canary", min=0, help="Restart this many nodes alone before the batches.")] = 0,
-    max_fail: Annotated[int, typer.Option(
-        "--max-fail", min=0, help="Stop the restarts once more nodes failed.")] = 0,
+    batch: BatchOpt = "1",
+    canary: CanaryOpt = 0,
+    max_fail: MaxFailOpt = 0,
     no_rolling: Annotated[bool, typer.Option(
         "--no-rolling", help="Restart changed agents in place, without draining them on the "
         "LBs (faster; requests to those nodes fail while they restart).")] = False,
@@ -191,7 +188,10 @@ def deploy(
 
     inv = _load(inventory)
     hosts = select_hosts(inv, nodes, cloud, role)
-    parse_batch(batch, max(len(inv.nodes), 1))  # a bad --batch is refused before any change
+    parse_batch(batch, max(len(inv.nodes), 1))  # bad rollout flags: refused before any change
+    if canary < 0 or max_fail < 0:
+        raise UsageError(f"--canary and --max-fail must be ≥ 0, got {canary} and {max_fail}",
+                         hint="e.g. --canary 1 --max-fail 0")
     has_nodes = any(getattr(h, "role", "node") == "node" for h in hosts)
     model = None
     if has_nodes and inv.model.source == "push":
