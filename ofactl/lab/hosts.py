@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ofactl.errors import LabError
 from ofactl.lab import system
-from ofactl.lab.plan import CGROUP_ROOT, LabHost, LabPlan
+from ofactl.lab.plan import CGROUP_ROOT, HOST_RUNTIME, LabHost, LabPlan
 from ofactl.lab.system import run
 
 # Units of the build machine a fleet host must not run. Every enablement symlink the machine
@@ -170,10 +170,13 @@ def prepare(plan: LabPlan, host: LabHost, pubkey: str) -> str:
 
 
 def _runtime_bind(plan: LabPlan) -> list[str]:
-    """Bind the agent runtime venv read-only at its own path: the overlay shows the machine's
-    files, but nspawn mounts a fresh /tmp (and a checkout may live there, as in CI)."""
+    """Bind the agent runtime venv read-only at its own path and at HOST_RUNTIME (the path the
+    lab inventory names): the overlay shows the machine's files, but nspawn mounts a fresh /tmp
+    and the agent unit runs with PrivateTmp, and a checkout may live under /tmp (as in CI)."""
     runtime = Path(plan.runtime)
-    return [f"--bind-ro={runtime}"] if runtime.is_absolute() and runtime.is_dir() else []
+    if not (runtime.is_absolute() and runtime.is_dir()):
+        return []
+    return [f"--bind-ro={runtime}", f"--bind-ro={runtime}:{HOST_RUNTIME}"]
 
 
 def start(plan: LabPlan, host: LabHost) -> tuple[int, int | None]:

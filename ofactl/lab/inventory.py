@@ -9,7 +9,14 @@ from typing import Any
 
 import yaml
 
-from ofactl.lab.plan import PRIVATE_SITE, PUBLIC_SITE, VIP, VIRTUAL_ROUTER_ID, LabPlan
+from ofactl.lab.plan import (
+    HOST_RUNTIME,
+    PRIVATE_SITE,
+    PUBLIC_SITE,
+    VIP,
+    VIRTUAL_ROUTER_ID,
+    LabPlan,
+)
 from ofactl.lab.system import run
 
 MODEL_ID = "iic/ofa_visual-entailment_snli-ve_large_en"
@@ -104,8 +111,8 @@ def render_inventory(plan: LabPlan, token_file: Path, vrrp_file: Path) -> dict[s
         },
         "agent": {
             "port": 8000,
-            # hosts see the machine's files under their overlay: the runtime is already there
-            "runtime": plan.runtime,
+            # every host sees the machine's runtime venv bound read-only at HOST_RUNTIME
+            "runtime": HOST_RUNTIME,
             "runtime_source": "present",
             "base_dir": "/opt/ofa",
             "device": "cpu",
@@ -125,7 +132,7 @@ def write_inventory(plan: LabPlan) -> Path:
     header = (
         f"# ofactl lab '{plan.name}' — written by `ofactl lab up`; rewritten on every lab up.\n"
         f"# {len(plan.lbs)} LBs + {len(plan.nodes)} nodes on bridge 10.213.0.1/24, VIP {VIP}.\n"
-        f"# agent.runtime is this machine's venv, visible inside every host (overlay of /).\n"
+        f"# agent.runtime: this machine's venv {plan.runtime}, bound read-only in every host.\n"
     )
     tmp = plan.inventory_path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))

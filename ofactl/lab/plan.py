@@ -13,6 +13,9 @@ BRIDGE_ADDR = "10.213.0.1"
 PREFIX_LEN = 24
 SUBNET = "10.213.0.0/24"
 VIP = "10.213.0.100/24"
+# where every host sees the machine's agent runtime venv (bound read-only): a fixed path outside
+# /tmp, because the agent unit runs with PrivateTmp and a checkout may live under /tmp (as in CI)
+HOST_RUNTIME = "/opt/ofa-lab/runtime"
 LB_BASE = 10  # lb1 = 10.213.0.10
 NODE_BASE = 20  # node1 = 10.213.0.20
 MAX_NODES = 60  # node60 = 10.213.0.79, well below the VIP

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ofactl.errors import LabError, UsageError
 from ofactl.lab import api
 from ofactl.lab.inventory import render_inventory
-from ofactl.lab.plan import make_hosts, make_plan
+from ofactl.lab.plan import HOST_RUNTIME, make_hosts, make_plan
 from ofactl.lab.state import HostRecord, LabState
 
 
@@ -75,7 +75,7 @@ def test_inventory_document(tmp_path: Path) -> None:
     assert ssh["user"] == "root" and ssh["port"] == 22
     assert ssh["key_file"] == str(tmp_path / "ctl/ofalab/id_ed25519")
     assert ssh["known_hosts"] == str(tmp_path / "ctl/ofalab/known_hosts")
-    assert doc["agent"]["runtime"] == "/work/main/.venv"
+    assert doc["agent"]["runtime"] == HOST_RUNTIME == "/opt/ofa-lab/runtime"
     assert doc["agent"]["runtime_source"] == "present"
     assert doc["agent"]["token"] == {"file": str(tmp_path / "tok")}
     assert "local_dir" not in doc["model"]
