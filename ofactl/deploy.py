@@ -758,6 +758,7 @@ class DeployReport:
     release: str = ""
     model: str = ""
     rolling: dict[str, Any] = field(default_factory=dict)  # the rolling restart, if one ran
+    rolling_dry: list[DryRunEntry] = field(default_factory=list)  # its steps, in a dry run
 
     @property
     def ok(self) -> bool:
@@ -881,6 +882,7 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
             if entries:
                 report.dry_entries.extend(entries)
             t.close()
+        report.dry_entries.extend(report.rolling_dry)
         report.duration_s = time.monotonic() - t0
     return report
 
@@ -897,8 +899,21 @@ def _rolling_restarts(ctx: DeployContext, results: list[HostResult],
     if not pending:
         return
     if dry:
+        # what the rolling restart would do, in order (it drains through every LB's nginx)
+        lbs = [lb.name for lb in getattr(ctx.inv, "lbs", ())]
+        steps: list[tuple[str, str]] = []
         for name in pending:
             by_host[name].notes.append("dry run: would restart through the rolling machinery")
+            steps += [(lb, f"# drain {name}: nginx.conf with {name} down; "
+                           f"{commands.cmd_join(commands.nginx_test())}; "
+                           f"{commands.cmd_join(commands.nginx_reload())}") for lb in lbs]
+            steps += [(name, "# wait until the agent reports no in-flight work"),
+                      (name, commands.cmd_join(commands.systemctl("restart", AGENT_UNIT))),
+                      (name, "# wait for /v2/health/ready + a smoke prediction")]
+            steps += [(lb, f"# undrain {name}: nginx.conf as rendered; "
+                           f"{commands.cmd_join(commands.nginx_test())}; "
+                           f"{commands.cmd_join(commands.nginx_reload())}") for lb in lbs]
+        report.rolling_dry = [DryRunEntry(host, "run", text) for host, text in steps]
         return
     from ofactl.rolling import restart_nodes
 

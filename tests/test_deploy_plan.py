@@ -254,9 +254,17 @@ def test_rolling_phase_dry_run_only_notes(monkeypatch):
 
     monkeypatch.setattr(rolling, "restart_nodes", lambda *a, **k: pytest.fail("ran"))
     results = [HostResult("n1", True, data={"restart_pending": True})]
-    deploy._rolling_restarts(deploy.DeployContext(inv=object()), results, lambda h: None,
-                             True, deploy.DeployReport())
+    inv = SimpleNamespace(lbs=[SimpleNamespace(name="lb1")])
+    report = deploy.DeployReport()
+    deploy._rolling_restarts(deploy.DeployContext(inv=inv), results, lambda h: None, True,
+                             report)
     assert results[0].notes == ["dry run: would restart through the rolling machinery"]
+    assert [(e.host, e.text) for e in report.rolling_dry] == [
+        ("lb1", "# drain n1: nginx.conf with n1 down; nginx -t -q; systemctl reload nginx"),
+        ("n1", "# wait until the agent reports no in-flight work"),
+        ("n1", "systemctl restart ofa-agent"),
+        ("n1", "# wait for /v2/health/ready + a smoke prediction"),
+        ("lb1", "# undrain n1: nginx.conf as rendered; nginx -t -q; systemctl reload nginx")]
 
 
 def test_service_first_time_enabled_and_started():
