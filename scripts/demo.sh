@@ -49,7 +49,7 @@ print(inv["lb_groups"][0]["vip"].split("/")[0])')
 "${ofactl[@]}" predict --endpoint "http://$vip" "$work/example.png" "there is an orange ball"
 
 step "failover drill: node, load balancer and cloud faults under load, with a budget"
-"${ofactl[@]}" failover-test --scenario all --duration 12 --rate 20 --yes \
+"${ofactl[@]}" failover-test --scenario all --duration 15 --rate 4 --timeout 5 --yes \
   --report "$work/drill.json" || echo "(drill exceeded its budget: see the report)"
 
 step "where to look next"
