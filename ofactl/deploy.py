@@ -901,18 +901,17 @@ def _rolling_restarts(ctx: DeployContext, results: list[HostResult],
     if dry:
         # what the rolling restart would do, in order (it drains through every LB's nginx)
         lbs = [lb.name for lb in getattr(ctx.inv, "lbs", ())]
+        reload = (f"{commands.cmd_join(commands.nginx_test())}; "
+                  f"{commands.cmd_join(commands.nginx_reload())}")
         steps: list[tuple[str, str]] = []
         for name in pending:
             by_host[name].notes.append("dry run: would restart through the rolling machinery")
-            steps += [(lb, f"# drain {name}: nginx.conf with {name} down; "
-                           f"{commands.cmd_join(commands.nginx_test())}; "
-                           f"{commands.cmd_join(commands.nginx_reload())}") for lb in lbs]
+            steps += [(lb, f"# drain {name}: nginx.conf with {name} down; {reload}")
+                      for lb in lbs]
             steps += [(name, "# wait until the agent reports no in-flight work"),
                       (name, commands.cmd_join(commands.systemctl("restart", AGENT_UNIT))),
                       (name, "# wait for /v2/health/ready + a smoke prediction")]
-            steps += [(lb, f"# undrain {name}: nginx.conf as rendered; "
-                           f"{commands.cmd_join(commands.nginx_test())}; "
-                           f"{commands.cmd_join(commands.nginx_reload())}") for lb in lbs]
+            steps += [(lb, f"# undrain {name}: nginx.conf as rendered; {reload}") for lb in lbs]
         report.rolling_dry = [DryRunEntry(host, "run", text) for host, text in steps]
         return
     from ofactl.rolling import restart_nodes
