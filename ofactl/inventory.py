@@ -135,6 +135,8 @@ class AgentSettings:
     token: SecretRef
     require_token: bool = False
     warmup: int = 1
+    torch_threads: int = 0
+    prepare_threads: int = 1
 
     @property
     def model_dir(self) -> str:
@@ -630,7 +632,8 @@ _DEFAULT_KEYS = ("ssh", "weight", "accelerator")
 _AGENT_KEYS = ("port", "runtime", "runtime_source", "base_dir", "keep_releases", "device",
                "dtype", "max_batch_size", "max_queue_delay_ms", "max_queue",
                "request_timeout_s", "drain_timeout_s", "max_body_bytes", "max_image_pixels",
-               "max_text_chars", "ready_timeout_s", "token", "require_token", "warmup")
+               "max_text_chars", "ready_timeout_s", "token", "require_token", "warmup",
+               "torch_threads", "prepare_threads")
 _AGENT_OVERRIDE_KEYS = tuple(k for k in _AGENT_KEYS if k != "token")
 _MODEL_KEYS = ("id", "revision", "source", "local_dir")
 _SITE_KEYS = ("name", "cloud", "provider", "nodes", "lb")
@@ -647,6 +650,7 @@ _AGENT_DEFAULTS: dict[str, Any] = {
     "max_batch_size": 8, "max_queue_delay_ms": 10, "max_queue": 64, "request_timeout_s": 30,
     "drain_timeout_s": 20, "max_body_bytes": 8388608, "max_image_pixels": 40000000,
     "max_text_chars": 512, "ready_timeout_s": 300, "require_token": False, "warmup": 1,
+    "torch_threads": 0, "prepare_threads": 1,
 }
 _SSH_DEFAULTS: dict[str, Any] = {
     "user": "root", "port": 22, "key_file": None, "known_hosts": "~/.ssh/known_hosts",
@@ -728,6 +732,8 @@ def _agent(c: _Checker, raw: Mapping[str, Any], path: str, token: SecretRef | No
         token=tok,
         require_token=c.boolean(raw, "require_token", path, False),
         warmup=i(raw, "warmup", path, lo=0, hi=100),
+        torch_threads=i(raw, "torch_threads", path, lo=0, hi=256),
+        prepare_threads=i(raw, "prepare_threads", path, lo=1, hi=64),
     )
     if a.max_queue < a.max_batch_size and isinstance(raw.get("max_queue"), int):
         c.bad(_join(path, "max_queue"), f"{a.max_queue} is below max_batch_size "

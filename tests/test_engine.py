@@ -88,6 +88,20 @@ def test_batch_equals_single_calls(tiny_engine) -> None:
 
 
 @pytest.mark.runtime
+def test_prepared_pairs_equal_raw_pairs(tiny_engine) -> None:
+    # The agent preprocesses outside the forward (Engine.prepare); the answers must not change,
+    # in a batch that mixes prepared and raw pairs, and a Prepared may be used twice.
+    singles = [tiny_engine.predict([p])[0] for p in PAIRS]
+    prepared = [tiny_engine.prepare(p) for p in PAIRS]
+    mixed = [x if i % 2 else prepared[i] for i, x in enumerate(PAIRS)]
+    for batch in (prepared, mixed, prepared):
+        for i, pred in enumerate(tiny_engine.predict(batch)):
+            _close(pred, singles[i])
+    with pytest.raises(ValueError, match="text: must be a non-empty string"):
+        tiny_engine.prepare(Pair(_img((8, 8), (1, 2, 3)), "  "))
+
+
+@pytest.mark.runtime
 def test_fast_path_equals_ofa_traverse_scoring(tiny_engine) -> None:
     # The single-token shortcut must give the very numbers of OFA's full traverse scoring.
     assert tiny_engine._single_token_answers

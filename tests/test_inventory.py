@@ -192,7 +192,11 @@ CASES: list[tuple[str, Mut | str, str]] = [
      "inv.yaml: agent.max_batch: unknown key, expected one of: port, runtime, runtime_source, "
      "base_dir, keep_releases, device, dtype, max_batch_size, max_queue_delay_ms, max_queue, "
      "request_timeout_s, drain_timeout_s, max_body_bytes, max_image_pixels, max_text_chars, "
-     "ready_timeout_s, token, require_token, warmup"),
+     "ready_timeout_s, token, require_token, warmup, torch_threads, prepare_threads"),
+    ("agent-prepare-threads-zero", _set("agent.prepare_threads", 0),
+     "inv.yaml: agent.prepare_threads: got 0, expected an integer from 1 to 64"),
+    ("agent-torch-threads-negative", _set("sites.0.nodes.0.agent", {"torch_threads": -1}),
+     "inv.yaml: sites[0].nodes[0].agent.torch_threads: got -1, expected an integer from 0 to 256"),
     ("agent-port-range", _set("agent.port", 70000),
      "inv.yaml: agent.port: got 70000, expected an integer from 1 to 65535"),
     ("agent-runtime-relative", _set("agent.runtime", "venv"),

@@ -20,6 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The forward thread releases the GIL inside every torch op and must win it back from the
+    # threads parsing and preprocessing requests; a shorter switch interval bounds that wait.
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
     from .app import create_app
     from .server import serve
 

@@ -51,6 +51,8 @@ class Settings:
     release: str = ""
     warmup: int = 3
     torch_threads: int = 0
+    prepare_threads: int = 1
+    switch_interval_ms: float = 1.0
     log_level: str = "info"
 
     @property
@@ -62,6 +64,7 @@ class Settings:
             "max_queue": self.max_queue,
             "max_items": self.max_items,
             "request_timeout_s": self.request_timeout_s,
+            "prepare_threads": self.prepare_threads,
         }
 
     def read_token(self) -> str | None:
@@ -117,6 +120,10 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "release": ("str", "release id reported in /v1/info and model_info"),
     "warmup": ("int", "warm-up inferences before ready"),
     "torch_threads": ("int", "torch intra-op threads (0: torch's default, one per core)"),
+    "prepare_threads": ("int", "threads that decode and preprocess requests while the forward "
+                        "runs (more threads contend for the GIL with the forward)"),
+    "switch_interval_ms": ("float", "Python's thread switch interval; below the default 5 ms "
+                           "the forward thread gets the GIL back sooner"),
     "log_level": ("str", "critical | error | warning | info | debug"),
 }
 
@@ -213,10 +220,10 @@ def validate(s: Settings) -> None:
     if not 0 <= s.port <= 65535:
         raise bad("port", "must be 0..65535", s.port)
     for name in ("max_batch_size", "max_queue", "max_items", "max_body_bytes",
-                 "max_image_pixels", "max_text_chars"):
+                 "max_image_pixels", "max_text_chars", "prepare_threads"):
         if getattr(s, name) < 1:
             raise bad(name, "must be >= 1", getattr(s, name))
-    for name in ("request_timeout_s", "drain_timeout_s"):
+    for name in ("request_timeout_s", "drain_timeout_s", "switch_interval_ms"):
         if getattr(s, name) <= 0:
             raise bad(name, "must be > 0", getattr(s, name))
     for name in ("max_queue_delay_ms", "drain_grace_s", "warmup", "torch_threads"):

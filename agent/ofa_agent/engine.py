@@ -58,6 +58,17 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A pair after the pipeline's preprocessor (resized, normalised image tensor, tokens).
+
+    `Engine.prepare` makes it outside the forward lock, so a server can preprocess the next
+    requests on one core while the batch before them runs its forward on another.
+    """
+
+    sample: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One answer: the label, the model's raw answer (yes/no/maybe) and the probabilities."""
 
@@ -214,7 +225,16 @@ class Engine:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def _sample(self, pair: Pair) -> dict[str, Any]:
+    def prepare(self, pair: Pair) -> Prepared:
+        """Run the pipeline's preprocessor on one pair (thread-safe; no model call).
+
+        Raises ValueError for an empty text or premise.
+        """
+        return Prepared(self._sample(pair))
+
+    def _sample(self, pair: Pair | Prepared) -> dict[str, Any]:
+        if isinstance(pair, Prepared):
+            return dict(pair.sample)  # a copy: _encode pops from it
         if not isinstance(pair.text, str) or not pair.text.strip():
             raise ValueError("text: must be a non-empty string")
         data: dict[str, Any] = {"image": pair.image, "text": pair.text}
@@ -224,7 +244,7 @@ class Engine:
             data["text2"] = pair.premise
         return dict(self._pre(data))
 
-    def _encode(self, pairs: list[Pair]) -> tuple[Any, list[Any]]:
+    def _encode(self, pairs: list[Pair | Prepared]) -> tuple[Any, list[Any]]:
         """Preprocess and run the encoder once for the batch; return (encoder_out, prompts)."""
         samples = [self._sample(p) for p in pairs]
         # collate_fn turns ragged prompts into a numpy object array (numpy 2 refuses): keep them
@@ -259,13 +279,13 @@ class Engine:
         finally:
             decoder.output_projection = projection
 
-    def _scores(self, pairs: list[Pair]) -> Any:
+    def _scores(self, pairs: list[Pair | Prepared]) -> Any:
         """[len(pairs), n_answers] tensor of s(answer) = log P(answer | image, text)."""
         if self._single_token_answers:
             return self._scores_single_token(pairs)
         return self._scores_traverse(pairs)
 
-    def _scores_single_token(self, pairs: list[Pair]) -> Any:
+    def _scores_single_token(self, pairs: list[Pair | Prepared]) -> Any:
         """Traverse scoring when every answer is one token (true for OFA's BPE and the tiny vocab).
 
         The trie then allows exactly the answers' tokens at the first step and only EOS after
@@ -283,7 +303,7 @@ class Engine:
         picked = logits.index_select(-1, self._answer_ids).float()
         return torch.log_softmax(picked, dim=-1).cpu()
 
-    def _scores_traverse(self, pairs: list[Pair]) -> Any:
+    def _scores_traverse(self, pairs: list[Pair | Prepared]) -> Any:
         """OFA's `_traverse_inference` on the whole batch at once, keeping every answer's score."""
         torch = self._torch
         enc, prompts = self._encode(pairs)
@@ -307,8 +327,11 @@ class Engine:
         scores = scores.masked_fill((~masks).all(2), 0)  # prompt positions are not scored
         return scores.sum(1).view(len(pairs), k).float().cpu()
 
-    def predict(self, pairs: list[Pair]) -> list[Prediction]:
-        """Label every pair with one encoder and one decoder forward for the whole list."""
+    def predict(self, pairs: list[Pair | Prepared]) -> list[Prediction]:
+        """Label every pair with one encoder and one decoder forward for the whole list.
+
+        Items may be raw `Pair`s (preprocessed here, under the lock) or `Prepared` ones.
+        """
         if not pairs:
             return []
         torch = self._torch

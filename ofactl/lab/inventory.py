@@ -116,6 +116,9 @@ def render_inventory(plan: LabPlan, token_file: Path, vrrp_file: Path) -> dict[s
             "runtime_source": "present",
             "base_dir": "/opt/ofa",
             "device": "cpu",
+            # every lab agent shares this machine's cores: one torch thread each, or 4 agents
+            # x torch's default of one thread per core oversubscribe them under load
+            "torch_threads": 1,
             "token": {"file": str(token_file)},
         },
         "model": model,

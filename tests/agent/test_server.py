@@ -140,6 +140,10 @@ def test_flags_override_env_and_env_fills_in(model_dir: Path) -> None:
     ([], {"OFA_AGENT_MAX_BATCH_SIZE": "many"}, "OFA_AGENT_MAX_BATCH_SIZE: must be an integer, "
                                                "got 'many'"),
     (["--max-queue", "0"], {}, "--max-queue / OFA_AGENT_MAX_QUEUE: must be >= 1, got 0"),
+    (["--prepare-threads", "0"], {},
+     "--prepare-threads / OFA_AGENT_PREPARE_THREADS: must be >= 1, got 0"),
+    ([], {"OFA_AGENT_SWITCH_INTERVAL_MS": "0"},
+     "--switch-interval-ms / OFA_AGENT_SWITCH_INTERVAL_MS: must be > 0, got 0.0"),
     (["--require-token"], {}, "--require-token / OFA_AGENT_REQUIRE_TOKEN: needs --token-file / "
                               "OFA_AGENT_TOKEN_FILE (the file holding the bearer token)"),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,38 @@ async def test_engine_failure_is_500_and_agent_keeps_serving(model_dir: Path) ->
         assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
         engine.fail = False
         assert (await c.post("/v1/predict", **form())).status_code == 200
+
+
+@dataclass
+class PreparingEngine(FakeEngine):
+    """A fake with the real engine's `prepare` hook: it records the thread that ran it."""
+
+    prepared_on: set[str] = field(default_factory=set)
+
+    def prepare(self, pair):
+        if pair.text == "refused by the preprocessor":
+            raise ValueError("the preprocessor refused it")
+        self.prepared_on.add(threading.current_thread().name)
+        return pair
+
+
+async def test_preprocessing_runs_on_the_prepare_pool_not_the_forward(model_dir: Path) -> None:
+    engine = PreparingEngine()
+    async with running(settings_for(model_dir, prepare_threads=2), engine) as (_a, c):
+        r = await c.post("/v1/predict", **form("a dog"))
+        assert r.status_code == 200 and r.json()["label"] == label_for("a dog")
+        assert engine.prepared_on and all(n.startswith("ofa-prepare") for n in engine.prepared_on)
+        assert not engine.threads & engine.prepared_on  # the forward ran on another thread
+        r = await c.post("/v1/predict", **form("refused by the preprocessor"))
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == {"code": "invalid_field",
+                                     "message": "text: the preprocessor refused it"}
+        img = b64(png_bytes())
+        r = await c.post("/v1/predict/batch", json={"items": [
+            {"image": img, "text": "fine"}, {"image": img, "text": "refused by the preprocessor"}]})
+        assert r.status_code == 422
+        assert r.json()["error"]["message"] == "items[1]: the preprocessor refused it"
+        assert (await c.post("/v1/predict", **form("still serving"))).status_code == 200
 
 
 # --- info and metrics ---------------------------------------------------------------------
