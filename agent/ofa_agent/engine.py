@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,7 +245,7 @@ class Engine:
             data["text2"] = pair.premise
         return dict(self._pre(data))
 
-    def _encode(self, pairs: list[Pair | Prepared]) -> tuple[Any, list[Any]]:
+    def _encode(self, pairs: Sequence[Pair | Prepared]) -> tuple[Any, list[Any]]:
         """Preprocess and run the encoder once for the batch; return (encoder_out, prompts)."""
         samples = [self._sample(p) for p in pairs]
         # collate_fn turns ragged prompts into a numpy object array (numpy 2 refuses): keep them
@@ -279,13 +280,13 @@ class Engine:
         finally:
             decoder.output_projection = projection
 
-    def _scores(self, pairs: list[Pair | Prepared]) -> Any:
+    def _scores(self, pairs: Sequence[Pair | Prepared]) -> Any:
         """[len(pairs), n_answers] tensor of s(answer) = log P(answer | image, text)."""
         if self._single_token_answers:
             return self._scores_single_token(pairs)
         return self._scores_traverse(pairs)
 
-    def _scores_single_token(self, pairs: list[Pair | Prepared]) -> Any:
+    def _scores_single_token(self, pairs: Sequence[Pair | Prepared]) -> Any:
         """Traverse scoring when every answer is one token (true for OFA's BPE and the tiny vocab).
 
         The trie then allows exactly the answers' tokens at the first step and only EOS after
@@ -303,7 +304,7 @@ class Engine:
         picked = logits.index_select(-1, self._answer_ids).float()
         return torch.log_softmax(picked, dim=-1).cpu()
 
-    def _scores_traverse(self, pairs: list[Pair | Prepared]) -> Any:
+    def _scores_traverse(self, pairs: Sequence[Pair | Prepared]) -> Any:
         """OFA's `_traverse_inference` on the whole batch at once, keeping every answer's score."""
         torch = self._torch
         enc, prompts = self._encode(pairs)
@@ -327,7 +328,7 @@ class Engine:
         scores = scores.masked_fill((~masks).all(2), 0)  # prompt positions are not scored
         return scores.sum(1).view(len(pairs), k).float().cpu()
 
-    def predict(self, pairs: list[Pair | Prepared]) -> list[Prediction]:
+    def predict(self, pairs: Sequence[Pair | Prepared]) -> list[Prediction]:
         """Label every pair with one encoder and one decoder forward for the whole list.
 
         Items may be raw `Pair`s (preprocessed here, under the lock) or `Prepared` ones.
