@@ -347,7 +347,8 @@ def combine_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(sweeps[0])
     out["sweep"] = rows
     out["best"] = max(rows, key=lambda r: r["throughput"])
-    splits = [s["split"] for s in sweeps if "split" in s]
+    splits = [s["split"] for s in sweeps if "split" in s
+              and s["split"]["batch_size"] == sweeps[0].get("split", {}).get("batch_size")]
     if splits:
         out["split"] = {
             "batch_size": splits[0]["batch_size"],
@@ -413,7 +414,8 @@ def report(res: dict[str, Any]) -> str:
         agent_at = next((x["throughput"] for x in res.get("agent", [])
                          if x["concurrency"] == res["ratios"]["concurrency"]), None)
         lines += ["", (
-            f"(c) at batch {split['batch_size']} = preprocessing {split['prepare_ms']:.1f} ms + "
+            f"(c) at batch {split['batch_size']} (the first sweep's best, which also sets the "
+            f"agent's max_batch_size) = preprocessing {split['prepare_ms']:.1f} ms + "
             f"forward {split['forward_ms']:.1f} ms. The agent preprocesses on its prepare thread "
             f"beside the forward, so (c) counts work the agent overlaps; the forward alone "
             f"would allow {ceiling:.1f} pairs/s"
