@@ -30,6 +30,7 @@ from .errors import ApiError, DeadlineExceeded, NotReady
 from .inputs import Limits, RawItem, decode_image, parse_batch, parse_single, read_body
 from .metrics import Metrics
 
+MODEL_ALIAS = "ofa-ve"  # the name /v2/models/{name} always answers to
 log = logging.getLogger("ofa_agent")
 
 # (settings) -> (engine, pair type): the engine has predict/warmup/device/dtype/model_info/
@@ -508,6 +509,56 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         if ok:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+
+    def model_names() -> set[str]:
+        """Names /v2/models/{name} answers to: the alias and the model id's last part."""
+        model_id = str(agent.model.get("id") or "")
+        return {MODEL_ALIAS, model_id.rsplit("/", 1)[-1]} - {""}
+
+    def known_model(name: str) -> None:
+        if name not in model_names():
+            raise ApiError(404, "unknown_model",
+                           f"no model {name!r} here; this agent serves "
+                           + " or ".join(repr(n) for n in sorted(model_names())))
+
+    @app.get(
+        "/v2/models/{name}/ready",
+        summary="Model readiness (KServe v2 protocol): as /v2/health/ready, for this model",
+        responses={404: {"description": "unknown model name"},
+                   503: {"description": '{"ready": false, "reason": "..."}'}},
+    )
+    async def model_ready(name: str) -> JSONResponse:
+        known_model(name)
+        ok, reason = agent.readiness()
+        if ok:
+            return JSONResponse({"name": name, "ready": True})
+        return JSONResponse({"name": name, "ready": False, "reason": reason}, status_code=503)
+
+    @app.get(
+        "/v2/models/{name}",
+        summary="Model metadata (KServe v2 protocol): name, versions, platform, inputs, outputs",
+        responses={404: {"description": "unknown model name"}},
+    )
+    async def model_metadata(name: str) -> dict[str, Any]:
+        known_model(name)
+        eng = agent.engine
+        return {
+            "name": name,
+            "versions": [str(agent.model.get("revision"))],
+            "platform": "modelscope-ofa-pytorch",
+            "id": agent.model.get("id"),
+            "digest": agent.model.get("digest"),
+            "device": str(eng.device) if eng is not None else None,
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "text", "datatype": "BYTES", "shape": [-1]},
+                {"name": "premise", "datatype": "BYTES", "shape": [-1], "optional": True},
+            ],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+            ],
+        }
 
     @app.get("/v1/info", summary="Node, model, device, versions, batching, state")
     async def info() -> dict[str, Any]:

@@ -74,6 +74,34 @@ async def test_health_while_loading_then_ready(model_dir: Path) -> None:
         assert engine.warmups == 1
 
 
+async def test_v2_model_ready_and_metadata(model_dir: Path) -> None:
+    engine = FakeEngine(load_s=0.3)
+    async with running(settings_for(model_dir), engine, wait_ready=False) as (agent, c):
+        r = await c.get("/v2/models/ofa-ve/ready")
+        assert r.status_code == 503
+        assert r.json() == {"name": "ofa-ve", "ready": False, "reason": "loading the model"}
+        for _ in range(200):
+            if agent.warmed:
+                break
+            await asyncio.sleep(0.01)
+        for name in ("ofa-ve", "ofa"):  # the alias and the last part of the model id test/ofa
+            r = await c.get(f"/v2/models/{name}/ready")
+            assert r.status_code == 200 and r.json() == {"name": name, "ready": True}
+        meta = (await c.get("/v2/models/ofa-ve")).json()
+        assert (meta["name"], meta["versions"], meta["id"], meta["device"]) == (
+            "ofa-ve", ["v0"], "test/ofa", "cpu")
+        assert [i["name"] for i in meta["inputs"]] == ["image", "text", "premise"]
+        r = await c.get("/v2/models/bert/ready")
+        assert r.status_code == 404
+        assert r.json()["error"] == {
+            "code": "unknown_model",
+            "message": "no model 'bert' here; this agent serves 'ofa' or 'ofa-ve'"}
+        assert (await c.get("/v2/models/bert")).status_code == 404
+        agent.drain("admin")
+        r = await c.get("/v2/models/ofa-ve/ready")
+        assert r.status_code == 503 and r.json()["reason"] == "draining"
+
+
 async def test_cuda_configured_but_cpu_is_not_ready(model_dir: Path) -> None:
     async with running(settings_for(model_dir, device="cuda"), FakeEngine(device="cpu")) as (
         _a, c,
