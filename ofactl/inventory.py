@@ -1,8 +1,9 @@
 """The fleet inventory: YAML -> frozen dataclasses, with every check done at load.
 
-Errors read `<file>: <key.path[2].x>: <what is wrong>, expected <shape>` plus a hint. All
-problems of a file are collected and reported together (one per line, in file order); the hint
-is the first problem's.
+Errors read `<file>:<line>: <key.path[2].x>: <what is wrong>, expected <shape>` plus a hint (the
+line of the key, or of its nearest parent in the file when the key is missing). All problems of
+a file are collected and reported together (one per line, in file order); the hint is the first
+problem's.
 """
 
 from __future__ import annotations
@@ -595,7 +596,48 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> Any:
+def _line_map(root: yaml.Node | None) -> dict[str, int]:
+    """Key path (as the checker writes it: sites[0].nodes[1].agent.port) -> 1-based line."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str, depth: int) -> None:
+        if depth > 50:  # aliases may nest; the inventory never goes this deep
+            return
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                child = _join(path, str(key_node.value))
+                lines.setdefault(child, key_node.start_mark.line + 1)
+                walk(value_node, child, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                child = _join(path, i)
+                lines.setdefault(child, item.start_mark.line + 1)
+                walk(item, child, depth + 1)
+
+    if root is not None:
+        walk(root, "", 0)
+    return lines
+
+
+_PATH_PART = re.compile(r"(\.[^.\[]+|\[\d+\])$")
+
+
+def _line_of(problem: str, lines: Mapping[str, int]) -> int | None:
+    """The line of a problem's key path, or of its nearest parent present in the file."""
+    path = problem.split(": ", 1)[0]
+    while path:
+        if path in lines:
+            return lines[path]
+        shorter = _PATH_PART.sub("", path)
+        if shorter == path:
+            return None
+        path = shorter
+    return None
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -613,7 +655,13 @@ def _read_yaml(path: Path) -> Any:
         raise InventoryError(f"{path}: cannot read: {err.strerror}",
                              hint="check the path and its permissions") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _UniqueKeyLoader(text)  # a SafeLoader subclass
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+        return data, _line_map(node)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -749,11 +797,16 @@ def load_inventory(path: str | os.PathLike[str], *, check_files: bool = True) ->
     connects anywhere).
     """
     p = Path(path)
-    data = _read_yaml(p)
+    data, line_map = _read_yaml(p)
     c = _Checker(str(p), p.resolve().parent)
     inv = _build(c, p, data, check_files)
     if c.problems or inv is None:
-        lines = [f"{p}: {line}" for line, _ in c.problems]
+        # in file order (problems without a line, such as a missing top-level key, first)
+        c.problems.sort(key=lambda pr: _line_of(pr[0], line_map) or 0)
+        lines = []
+        for line, _ in c.problems:
+            at = _line_of(line, line_map)
+            lines.append(f"{p}:{at}: {line}" if at is not None else f"{p}: {line}")
         hint = c.problems[0][1] if c.problems else "see inventory.example.yaml"
         if len(lines) > 1:
             hint += f" ({len(lines)} problems in all, fix them top to bottom)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,14 @@ def _expected(msg: str, tmp_path: Path) -> str:
     return msg.replace("{tmp}", str(tmp_path)).replace("{home}", str(Path.home()))
 
 
+_LINE = re.compile(r"^(error: )?(inv\.yaml):\d+: ", re.M)
+
+
+def _without_lines(message: str) -> str:
+    """The message with the line numbers after the file name taken out (tested separately)."""
+    return _LINE.sub(r"\1\2: ", message)
+
+
 def test_there_are_at_least_30_broken_inventories() -> None:
     assert len(CASES) >= 30
 
@@ -294,12 +303,14 @@ def test_broken_inventory(spec: Mut | str, expected: str, tmp_path: Path,
     want = _expected(expected, tmp_path)
     with pytest.raises(InventoryError) as info:
         load_inventory(path.name)
-    assert info.value.message == want
+    assert _without_lines(info.value.message) == want
+    assert all(re.match(r"inv\.yaml(:\d+)?: ", line)
+               for line in info.value.message.splitlines())
     assert info.value.hint
     result = CliRunner().invoke(app, ["inventory", "check", "-i", path.name])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    assert f"error: {want}\nhint: {info.value.hint}\n" == result.stderr
+    assert f"error: {info.value.message}\nhint: {info.value.hint}\n" == result.stderr
     # Secret values written inline never show up in any output.
     assert "s3cr3t-value" not in result.output and "hunter2" not in result.output
 
@@ -358,8 +369,10 @@ def test_example_check_reports_missing_key_on_fresh_machine() -> None:
         pytest.skip("this machine has the example's key file")
     with pytest.raises(InventoryError) as info:
         load_inventory(EXAMPLE)
+    line = 1 + next(i for i, text in enumerate(EXAMPLE.read_text().splitlines())
+                    if text.strip().startswith("key_file:"))
     assert info.value.message == (
-        f"{EXAMPLE}: defaults.ssh.key_file: {key} does not exist, expected an existing "
+        f"{EXAMPLE}:{line}: defaults.ssh.key_file: {key} does not exist, expected an existing "
         "private key file")
 
 
@@ -482,7 +495,7 @@ def test_no_traceback_for_any_weird_value(tmp_path: Path, monkeypatch: pytest.Mo
             try:
                 inv = load_inventory(p.name)
             except InventoryError as err:
-                assert err.message.startswith("inv.yaml: ") and err.hint
+                assert re.match(r"inv\.yaml(:\d+)?: ", err.message) and err.hint
             else:
                 render_all(inv)  # whatever loads also renders
             checked += 1
@@ -508,3 +521,34 @@ def test_check_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["secrets_checked"] is True
     assert "tok-zzz" not in result.output
+
+
+def test_problems_name_their_line_in_file_order(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inv.yaml").write_text(
+        "version: 1\n"                       # 1
+        "fleet: x\n"                         # 2
+        "sites:\n"                           # 3
+        "  - name: dc1\n"                    # 4
+        "    cloud: private\n"               # 5
+        "    nodes:\n"                       # 6
+        "      - name: n1\n"                 # 7
+        "        address: 10.0.0.1\n"        # 8
+        "        weight: 0\n"                # 9
+        "agent:\n"                           # 10
+        "  port: 70000\n"                    # 11
+        "  tokn: {env: T}\n"                 # 12
+        "model:\n"                           # 13
+        "  id: a/b\n"                        # 14
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory("inv.yaml")
+    lines = info.value.message.splitlines()
+    # The checker finds agent problems before site problems; the report is in file order.
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "inv.yaml:9", "inv.yaml:10", "inv.yaml:11", "inv.yaml:12", "inv.yaml:13"]
+    assert lines[0].startswith("inv.yaml:9: sites[0].nodes[0].weight: got 0")
+    assert lines[1].startswith("inv.yaml:10: agent.token: missing")  # at its parent's line
+    assert lines[3].startswith("inv.yaml:12: agent.tokn: unknown key")
+    assert info.value.hint.startswith("set weight")
