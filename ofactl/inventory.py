@@ -666,9 +666,12 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         what = err.problem or err.context or "invalid YAML"
-        raise InventoryError(f"{path}: {where}: {what}, expected valid YAML",
-                             hint="fix the YAML syntax at that position "
-                                  "(indentation, ':' after keys, matching quotes)") from None
+        hint = "fix the YAML syntax at that position (indentation, ':' after keys, matching quotes)"
+        syntax = InventoryError(f"{path}: {where}: {what}, expected valid YAML", hint=hint)
+        syntax.located = [{  # type: ignore[attr-defined]
+            "line": mark.line + 1 if mark else None, "path": None,
+            "problem": f"{what}, expected valid YAML", "hint": hint}]
+        raise syntax from None
     except yaml.YAMLError as err:
         raise InventoryError(f"{path}: {err}, expected valid YAML",
                              hint="fix the YAML syntax") from None
@@ -812,6 +815,10 @@ def load_inventory(path: str | os.PathLike[str], *, check_files: bool = True) ->
             hint += f" ({len(lines)} problems in all, fix them top to bottom)"
         err = InventoryError("\n".join(lines) or f"{p}: invalid inventory", hint=hint)
         err.problems = [line for line, _ in c.problems]  # type: ignore[attr-defined]
+        err.located = [  # type: ignore[attr-defined]
+            {"line": _line_of(line, line_map), "path": line.split(": ", 1)[0],
+             "problem": line.split(": ", 1)[-1], "hint": hint_}
+            for line, hint_ in c.problems]
         raise err
     return inv
 

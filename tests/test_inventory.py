@@ -552,3 +552,23 @@ def test_problems_name_their_line_in_file_order(tmp_path: Path,
     assert lines[1].startswith("inv.yaml:10: agent.token: missing")  # at its parent's line
     assert lines[3].startswith("inv.yaml:12: agent.tokn: unknown key")
     assert info.value.hint.startswith("set weight")
+
+
+def test_check_json_reports_problems_for_scripts(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _prepare(tmp_path, _all(_set("sites.0.nodes.0.weight", 0), _set("agent.port", 0)))
+    result = CliRunner().invoke(app, ["inventory", "check", "-i", path.name, "--json"])
+    assert result.exit_code == 2
+    out = json.loads(result.stdout)
+    assert out["ok"] is False and out["file"] == path.name
+    assert [(p["path"], p["problem"]) for p in out["problems"]] == [
+        ("agent.port", "got 0, expected an integer from 1 to 65535"),
+        ("sites[0].nodes[0].weight", "got 0, expected an integer from 1 to 1000")]
+    text = path.read_text().splitlines()
+    for p in out["problems"]:  # each line number points at the key in the file
+        assert text[p["line"] - 1].strip().startswith(p["path"].rsplit(".", 1)[-1] + ":")
+    assert "error: inv.yaml:" in result.stderr  # the human-readable error still goes to stderr
+    (tmp_path / "bad.yaml").write_text("version: 1\nfleet: [x\n")
+    result = CliRunner().invoke(app, ["inventory", "check", "-i", "bad.yaml", "--json"])
+    assert result.exit_code == 2 and json.loads(result.stdout)["problems"][0]["line"] == 3

@@ -18,7 +18,7 @@ from ofactl.cli.common import (
     inventory_path,
     print_json,
 )
-from ofactl.errors import OperationError, UsageError
+from ofactl.errors import InventoryError, OperationError, UsageError
 from ofactl.inventory import REDACTED, Inventory, load_inventory
 from ofactl.render import RenderedFile, render_all, render_host
 
@@ -44,8 +44,22 @@ def check_cmd(
         "--secrets", help="Also resolve every secret reference (values are never shown).")
     ] = False,
 ) -> None:
-    """Validate the inventory (every problem at once) and summarise it."""
-    inv = load_inventory(inventory_path(inventory))
+    """Validate the inventory (every problem at once) and summarise it.
+
+    With --json a failed check also prints {"ok": false, "file", "problems": [{line, path,
+    problem, hint}], "hint"} on stdout (the error still goes to stderr, exit 2).
+    """
+    path = inventory_path(inventory)
+    try:
+        inv = load_inventory(path)
+    except InventoryError as err:
+        if json_out:
+            print_json({"ok": False, "file": str(path),
+                        "problems": getattr(err, "located", None)
+                        or [{"line": None, "path": None, "problem": err.message,
+                             "hint": err.hint}],
+                        "hint": err.hint})
+        raise
     if secrets:
         inv.check_secrets()
     s = _summary(inv)
