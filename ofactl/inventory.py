@@ -13,6 +13,7 @@ import fnmatch
 import ipaddress
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,18 @@ class MonitoringSettings:
 Host = Node | LBHost
 
 
+@dataclass(frozen=True)
+class HookSettings:
+    """Local commands run on the control machine around deploy, restart and rollback."""
+
+    commands: Mapping[str, tuple[str, ...]]  # hook name -> argv (no shell)
+    timeout_s: int = 60
+
+    def get(self, name: str) -> tuple[str, ...] | None:
+        """The argv of hook `name` (e.g. pre_deploy), or None when it is not configured."""
+        return self.commands.get(name)
+
+
 @dataclass(frozen=True, eq=False)
 class Inventory:
     """A validated inventory (compared and hashed by identity)."""
@@ -270,6 +283,7 @@ class Inventory:
     lb_groups: tuple[LBGroup, ...]
     monitoring: MonitoringSettings | None
     lab: Mapping[str, Any]
+    hooks: HookSettings = field(default_factory=lambda: HookSettings({}))
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -398,6 +412,8 @@ class Inventory:
                 "scrape_interval": self.monitoring.scrape_interval,
                 "evaluation_interval": self.monitoring.evaluation_interval},
             "lab": dict(self.lab),
+            "hooks": {**{k: list(v) for k, v in self.hooks.commands.items()},
+                      "timeout_s": self.hooks.timeout_s} if self.hooks.commands else None,
         }
 
 
@@ -677,7 +693,10 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
                              hint="fix the YAML syntax") from None
 
 
-_TOP_KEYS = ("version", "fleet", "defaults", "agent", "model", "sites", "monitoring", "lab")
+_TOP_KEYS = ("version", "fleet", "defaults", "agent", "model", "sites", "monitoring", "lab",
+             "hooks")
+HOOK_NAMES = ("pre_deploy", "post_deploy", "pre_restart", "post_restart", "pre_rollback",
+              "post_rollback")
 _SSH_KEYS = ("user", "port", "key_file", "known_hosts", "jump_host", "connect_timeout", "sudo")
 _DEFAULT_KEYS = ("ssh", "weight", "accelerator")
 _AGENT_KEYS = ("port", "runtime", "runtime_source", "base_dir", "keep_releases", "device",
@@ -1051,11 +1070,53 @@ def _build(c: _Checker, p: Path, data: Any, check_files: bool) -> Inventory | No
         c.bad("lab", f"got {_show(lab)}", "a mapping", "e.g. lab: {name: ofa-lab}")
         lab = {}
 
+    hooks = _hooks(c, top.get("hooks"), p, check_files)
+
     if c.problems:
         return None
     return Inventory(path=p, version=1, fleet=fleet, agent=agent, model=model,
                      sites=tuple(sites), nodes=tuple(nodes), lbs=tuple(lbs),
-                     lb_groups=tuple(groups), monitoring=monitoring, lab=dict(lab))
+                     lb_groups=tuple(groups), monitoring=monitoring, lab=dict(lab),
+                     hooks=hooks)
+
+
+def _hooks(c: _Checker, raw: Any, p: Path, check_files: bool) -> HookSettings:
+    """hooks: {pre_deploy: CMD, ..., timeout_s: N}; CMD is split like a shell line, not run
+    through one; a relative path with a '/' is taken from the inventory's directory."""
+    if raw is None:
+        return HookSettings({})
+    m = c.mapping(raw, "hooks", (*HOOK_NAMES, "timeout_s"))
+    if m is None:
+        return HookSettings({})
+    commands: dict[str, tuple[str, ...]] = {}
+    for name in HOOK_NAMES:
+        value = m.get(name)
+        if value is None:
+            continue
+        path = _join("hooks", name)
+        try:
+            argv = tuple(shlex.split(value)) if isinstance(value, str) else ()
+        except ValueError as err:
+            c.bad(path, f"cannot split {_show(value)}: {err}", "a command line",
+                  "balance the quotes")
+            continue
+        if not argv:
+            c.bad(path, f"got {_show(value)}", "a command line such as scripts/notify.sh --ok",
+                  f"set {name} to the command to run, or remove it")
+            continue
+        exe = argv[0]
+        if "/" in exe:
+            full = Path(exe).expanduser()
+            full = full if full.is_absolute() else (p.resolve().parent / full)
+            if check_files and not (full.is_file() and os.access(full, os.X_OK)):
+                c.bad(path, f"{full} is not an executable file", "an executable hook script",
+                      f"create it and chmod +x it, or fix the path (relative paths start at "
+                      f"{p.resolve().parent})")
+                continue
+            argv = (str(full), *argv[1:])
+        commands[name] = argv
+    timeout = c.integer(m, "timeout_s", "hooks", default=60, lo=1, hi=3600)
+    return HookSettings(commands, timeout)
 
 
 def _site_index(raw_sites: Any, name: str) -> int:

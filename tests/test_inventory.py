@@ -100,7 +100,7 @@ CASES: list[tuple[str, Mut | str, str]] = [
      "model and sites"),
     ("unknown-top-key", _set("sitse", []),
      "inv.yaml: sitse: unknown key, expected one of: version, fleet, defaults, agent, model, "
-     "sites, monitoring, lab"),
+     "sites, monitoring, lab, hooks"),
     ("missing-sites", _set("sites", _DELETE),
      "inv.yaml: sites: missing, expected a value"),
     ("version-2", _set("version", 2), "inv.yaml: version: got 2, expected 1"),

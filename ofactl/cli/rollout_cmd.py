@@ -21,6 +21,7 @@ from ofactl.cli.common import (
     print_json,
 )
 from ofactl.errors import OperationError, UsageError
+from ofactl.hooks import note_hooks_skipped, post_hook, pre_hook, warn_failed_post_hook
 
 BatchOpt = Annotated[str, typer.Option("--batch", help="Nodes per batch: N or P% (e.g. 25%).")]
 CanaryOpt = Annotated[int, typer.Option("--canary", help="Restart this many nodes alone first.")]
@@ -197,6 +198,7 @@ def register(app: typer.Typer) -> None:
         names = _selected(inv, nodes, cloud)
         factory = _factory(accept_new_host_keys)
         if dry_run:
+            note_hooks_skipped(inv, "restart")
             plan = plan_for_inventory(inv, names, batch=batch, canary=canary,
                                       min_ready=min_ready, max_fail=max_fail, pause_s=pause)
             if json_out:
@@ -210,6 +212,7 @@ def register(app: typer.Typer) -> None:
         if not yes and not typer.confirm(f"Restart {len(names)} node(s) of {inv.fleet} one "
                                          f"batch at a time?", err=True):
             raise typer.Exit(1)
+        pre = pre_hook(inv, "restart", names)  # a failure stops here, nothing changed
         lock = _with_lock(inv, factory, "restart --rolling", dry_run)
         try:
             result = restart_nodes(inv, factory, names, batch=batch, canary=canary,
@@ -219,8 +222,12 @@ def register(app: typer.Typer) -> None:
             if lock is not None:
                 lock.release()
                 lock.t.close()
+        post = post_hook(inv, "restart", names, result.ok,
+                         result.stopped or f"{len(names)} node(s) restarted")
+        warn_failed_post_hook(post)
+        hook_runs = [r.to_json() for r in (pre, post) if r is not None]
         if json_out:
-            print_json(result.to_dict())
+            print_json({**result.to_dict(), **({"hooks": hook_runs} if hook_runs else {})})
         else:
             console.print(_result_table(result))
             if result.left_drained:
@@ -265,6 +272,7 @@ def register(app: typer.Typer) -> None:
                           p.from_model if p.to_model == p.from_model
                           else f"{p.from_model} -> {p.to_model}", p.note)
         if dry_run:
+            note_hooks_skipped(inv, "rollback")
             if json_out:
                 print_json({"dry_run": True, "nodes": [p.to_dict() for p in plans]})
             else:
@@ -275,6 +283,7 @@ def register(app: typer.Typer) -> None:
         if not yes and not typer.confirm("Roll back these nodes, one batch at a time?",
                                          err=True):
             raise typer.Exit(1)
+        pre = pre_hook(inv, "rollback", names)  # a failure stops here, nothing changed
         lock = _with_lock(inv, factory, "rollback", dry_run)
         try:
             plans, result = rollback(inv, factory, to=to, nodes=names, batch=batch,
@@ -284,8 +293,13 @@ def register(app: typer.Typer) -> None:
             if lock is not None:
                 lock.release()
                 lock.t.close()
+        post = post_hook(inv, "rollback", names, result.ok,
+                         result.stopped or f"{len(names)} node(s) rolled back")
+        warn_failed_post_hook(post)
+        hook_runs = [r.to_json() for r in (pre, post) if r is not None]
         if json_out:
-            print_json({"nodes": [p.to_dict() for p in plans], "result": result.to_dict()})
+            print_json({"nodes": [p.to_dict() for p in plans], "result": result.to_dict(),
+                        **({"hooks": hook_runs} if hook_runs else {})})
         else:
             console.print(_result_table(result))
         if not result.ok:
