@@ -864,6 +864,11 @@ def run_deploy(ctx: DeployContext, hosts: Sequence[Any], transports: Callable[[A
                 _rolling_restarts(ctx, results, transports, dry, report)
             order = {h.name: i for i, h in enumerate(hosts)}
             report.results = sorted(results, key=lambda r: order.get(r.host, 0))
+            # The release the nodes run: an unchanged node keeps the id its release got when
+            # it was first uploaded (same content, earlier time stamp), not this run's new id.
+            on_nodes = {r.data["release"] for r in report.results if r.data.get("release")}
+            if len(on_nodes) == 1:
+                report.release = on_nodes.pop()
         finally:
             if held is not None:
                 from ofactl.lock import audit

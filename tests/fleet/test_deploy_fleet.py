@@ -66,6 +66,8 @@ def test_second_deploy_changes_nothing(deployed_fleet):
     changed = {h["host"]: h["changes"] for h in report["hosts"] if h["changes"]}
     assert changed == {}
     assert report["summary"] == {"changed": 0, "unchanged": 6, "failed": 0, "skipped": 0}
+    # it reports the release the nodes run, not a new id for the same content
+    assert report["release"] == deployed_fleet.first_deploy["release"]
     # nothing restarted: agents still ready, nothing reloaded
     assert deployed_fleet.status()[0] == 0
 
