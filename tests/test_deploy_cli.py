@@ -28,7 +28,9 @@ class _Agent(BaseHTTPRequestHandler):
         pass
 
 
-def _inventory(tmp: Path, ports: list[int]) -> Path:
+def write_inventory(tmp: Path, sites: list[dict[str, Any]]) -> Path:
+    """A valid inventory with these sites, a fake SSH key, a token file and an empty
+    known_hosts under tmp (shared by the CLI tests that never reach a real host)."""
     key = tmp / "key"
     key.write_text("not a real key\n")
     tok = tmp / "token"
@@ -40,15 +42,19 @@ def _inventory(tmp: Path, ports: list[int]) -> Path:
         "agent": {"token": {"file": str(tok)}},
         "model": {"id": "iic/x", "revision": "v1", "source": "push",
                   "local_dir": str(tmp / "model")},
-        "sites": [{"name": "s1", "cloud": "private", "provider": "onprem",
-                   "nodes": [{"name": f"n{i}", "address": f"127.0.0.{i + 1}",
-                              "agent": {"port": p}}
-                             for i, p in enumerate(ports)]}],
+        "sites": sites,
     }
     (tmp / "kh").write_text("")
     inv = tmp / "inventory.yaml"
     inv.write_text(yaml.safe_dump(doc, sort_keys=False))
     return inv
+
+
+def _inventory(tmp: Path, ports: list[int]) -> Path:
+    return write_inventory(tmp, [{"name": "s1", "cloud": "private", "provider": "onprem",
+                                  "nodes": [{"name": f"n{i}", "address": f"127.0.0.{i + 1}",
+                                             "agent": {"port": p}}
+                                            for i, p in enumerate(ports)]}])
 
 
 def test_status_no_ssh_degraded_when_one_node_down(tmp_path):

@@ -5,36 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from test_deploy_cli import write_inventory
 from typer.testing import CliRunner
 
 from ofactl.cli import app
 
 
-def _inventory(tmp: Path, lb: bool = False) -> Path:
-    key = tmp / "key"
-    key.write_text("not a real key\n")
-    tok = tmp / "token"
-    tok.write_text("t0ken\n")
-    (tmp / "kh").write_text("")
-    sites = [
+def _inventory(tmp: Path) -> Path:
+    return write_inventory(tmp, [
         {"name": "dc1", "cloud": "private", "provider": "onprem",
          "nodes": [{"name": f"dc1-n{i}", "address": f"10.213.0.{20 + i}"} for i in (1, 2, 3)]},
         {"name": "aws", "cloud": "public", "provider": "aws",
          "nodes": [{"name": f"aws-n{i}", "address": f"10.213.0.{30 + i}"} for i in (1, 2)]},
-    ]
-    doc = {
-        "version": 1, "fleet": "t",
-        "defaults": {"ssh": {"user": "root", "key_file": str(key),
-                             "known_hosts": str(tmp / "kh")}},
-        "agent": {"token": {"file": str(tok)}},
-        "model": {"id": "iic/x", "revision": "v1", "source": "push",
-                  "local_dir": str(tmp / "model")},
-        "sites": sites,
-    }
-    inv = tmp / "inventory.yaml"
-    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return inv
+    ])
 
 
 def test_restart_dry_run_plan_json(tmp_path: Path) -> None:
