@@ -136,6 +136,15 @@ def post_hook(inv: Any, command: str, hosts: Sequence[str], ok: bool, detail: st
                     detail=detail, output=output)
 
 
+def finish_hooks(inv: Any, command: str, hosts: Sequence[str], ok: bool, detail: str,
+                 pre: HookRun | None) -> list[dict[str, Any]]:
+    """After the operation: run post_<command>, warn when it failed, and return the JSON of
+    every hook that ran (pre and post) for the command's --json output."""
+    post = post_hook(inv, command, hosts, ok, detail)
+    warn_failed_post_hook(post)
+    return [r.to_json() for r in (pre, post) if r is not None]
+
+
 def warn_failed_post_hook(run: HookRun | None, output: IO[str] | None = None) -> None:
     """Tell the operator a post hook failed (the operation's exit code does not change)."""
     if run is not None and not run.ok:

@@ -23,7 +23,7 @@ from ofactl.cli.common import (
 )
 from ofactl.cli.rollout_cmd import BatchOpt, CanaryOpt, MaxFailOpt  # shared with restart
 from ofactl.errors import OperationError, UsageError
-from ofactl.hooks import note_hooks_skipped, post_hook, pre_hook, warn_failed_post_hook
+from ofactl.hooks import finish_hooks, note_hooks_skipped, pre_hook
 
 NodesOpt = Annotated[str | None, typer.Option("--nodes",
                                               help="Host name glob(s), comma-separated.")]
@@ -212,29 +212,25 @@ def deploy(
     factory = ssh_factory(accept_new_host_keys=accept_new_host_keys,
                           ssh_config=str(ssh_config) if ssh_config else None, dry_run=dry_run)
     host_names = [h.name for h in hosts]
-    hook_runs = []
+    pre = None
     if dry_run:
         note_hooks_skipped(inv, "deploy")
     else:
         pre = pre_hook(inv, "deploy", host_names)  # a failure stops here, nothing changed
-        hook_runs = [pre] if pre else []
     with live:
         report = run_deploy(ctx, hosts, factory, parallel=parallel,
                             command="deploy " + " ".join(
                                 x for x in (f"--nodes {nodes}" if nodes else "",
                                             f"--cloud {cloud}" if cloud else "",
                                             f"--role {role}" if role else "") if x))
-    if not dry_run:
-        detail = (report.stopped or f"{report.changed} host(s) changed" if report.ok
-                  else report.stopped or "a host failed")
-        post = post_hook(inv, "deploy", host_names, report.ok, detail)
-        if post:
-            hook_runs.append(post)
-            warn_failed_post_hook(post)
+    hook_runs = [] if dry_run else finish_hooks(
+        inv, "deploy", host_names, report.ok,
+        f"{report.changed} host(s) changed" if report.ok else report.stopped or "a host failed",
+        pre)
     if json_out:
         data = report.to_json()
         if hook_runs:
-            data["hooks"] = [r.to_json() for r in hook_runs]
+            data["hooks"] = hook_runs
         print_json(data)
     else:
         if report.stopped and report.preflight and not all(r["ok"] for r in report.preflight):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +23,7 @@ from ofactl.cli.common import (
     print_json,
 )
 from ofactl.errors import OperationError, UsageError
-from ofactl.hooks import note_hooks_skipped, post_hook, pre_hook, warn_failed_post_hook
+from ofactl.hooks import finish_hooks, note_hooks_skipped, pre_hook
 
 BatchOpt = Annotated[str, typer.Option("--batch", help="Nodes per batch: N or P% (e.g. 25%).")]
 CanaryOpt = Annotated[int, typer.Option("--canary", help="Restart this many nodes alone first.")]
@@ -157,14 +159,22 @@ def _print_evidence(result: Any) -> None:
                 err_console.print(f"    {line}", highlight=False, markup=False)
 
 
-def _with_lock(inv: Any, factory: Any, command: str, dry_run: bool) -> Any:
-    if dry_run:
-        return None
+@contextmanager
+def _fleet_lock(inv: Any, factory: Any, command: str) -> Iterator[Any]:
+    """Hold the fleet lock for the block; release it and close its connection after."""
     from ofactl.lock import FleetLock, lock_host
 
     t = factory(lock_host(inv))
-    lock = FleetLock.acquire(t, command=command, fleet=inv.fleet)
-    return lock
+    try:
+        lock = FleetLock.acquire(t, command=command, fleet=inv.fleet)
+    except BaseException:
+        t.close()
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()
+        lock.t.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -213,19 +223,12 @@ def register(app: typer.Typer) -> None:
                                          f"batch at a time?", err=True):
             raise typer.Exit(1)
         pre = pre_hook(inv, "restart", names)  # a failure stops here, nothing changed
-        lock = _with_lock(inv, factory, "restart --rolling", dry_run)
-        try:
+        with _fleet_lock(inv, factory, "restart --rolling"):
             result = restart_nodes(inv, factory, names, batch=batch, canary=canary,
                                    min_ready=min_ready, max_fail=max_fail, pause_s=pause,
                                    on_event=_progress(json_out))
-        finally:
-            if lock is not None:
-                lock.release()
-                lock.t.close()
-        post = post_hook(inv, "restart", names, result.ok,
-                         result.stopped or f"{len(names)} node(s) restarted")
-        warn_failed_post_hook(post)
-        hook_runs = [r.to_json() for r in (pre, post) if r is not None]
+        hook_runs = finish_hooks(inv, "restart", names, result.ok,
+                                 result.stopped or f"{len(names)} node(s) restarted", pre)
         if json_out:
             print_json({**result.to_dict(), **({"hooks": hook_runs} if hook_runs else {})})
         else:
@@ -284,19 +287,12 @@ def register(app: typer.Typer) -> None:
                                          err=True):
             raise typer.Exit(1)
         pre = pre_hook(inv, "rollback", names)  # a failure stops here, nothing changed
-        lock = _with_lock(inv, factory, "rollback", dry_run)
-        try:
+        with _fleet_lock(inv, factory, "rollback"):
             plans, result = rollback(inv, factory, to=to, nodes=names, batch=batch,
                                      canary=canary, min_ready=min_ready, max_fail=max_fail,
                                      pause_s=pause, on_event=_progress(json_out))
-        finally:
-            if lock is not None:
-                lock.release()
-                lock.t.close()
-        post = post_hook(inv, "rollback", names, result.ok,
-                         result.stopped or f"{len(names)} node(s) rolled back")
-        warn_failed_post_hook(post)
-        hook_runs = [r.to_json() for r in (pre, post) if r is not None]
+        hook_runs = finish_hooks(inv, "rollback", names, result.ok,
+                                 result.stopped or f"{len(names)} node(s) rolled back", pre)
         if json_out:
             print_json({"nodes": [p.to_dict() for p in plans], "result": result.to_dict(),
                         **({"hooks": hook_runs} if hook_runs else {})})
@@ -397,14 +393,9 @@ def register(app: typer.Typer) -> None:
         vip = lb_group(inv, site).vip_address
         settings = DrillSettings(base_url=f"http://{vip}", payload=build_payload(inv),
                                  rate=rate, duration=duration, timeout=timeout)
-        lock = _with_lock(inv, factory, "failover-test", False)
-        try:
+        with _fleet_lock(inv, factory, "failover-test"):
             results = run_drill(inv, factory, names, settings=settings, budget=budget,
                                 site=site, on_event=_progress(json_out), **fault_kw)
-        finally:
-            if lock is not None:
-                lock.release()
-                lock.t.close()
         command = "ofactl " + shlex.join(sys.argv[1:])
         data = report_dict(results, command=command,
                            budget={"max_errors": max_errors,
