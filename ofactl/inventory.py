@@ -824,20 +824,19 @@ def load_inventory(path: str | os.PathLike[str], *, check_files: bool = True) ->
     inv = _build(c, p, data, check_files)
     if c.problems or inv is None:
         # in file order (problems without a line, such as a missing top-level key, first)
-        c.problems.sort(key=lambda pr: _line_of(pr[0], line_map) or 0)
-        lines = []
-        for line, _ in c.problems:
-            at = _line_of(line, line_map)
-            lines.append(f"{p}:{at}: {line}" if at is not None else f"{p}: {line}")
-        hint = c.problems[0][1] if c.problems else "see inventory.example.yaml"
+        located = sorted(((_line_of(line, line_map), line, h) for line, h in c.problems),
+                         key=lambda x: x[0] or 0)
+        lines = [f"{p}:{at}: {line}" if at is not None else f"{p}: {line}"
+                 for at, line, _ in located]
+        hint = located[0][2] if located else "see inventory.example.yaml"
         if len(lines) > 1:
             hint += f" ({len(lines)} problems in all, fix them top to bottom)"
         err = InventoryError("\n".join(lines) or f"{p}: invalid inventory", hint=hint)
-        err.problems = [line for line, _ in c.problems]  # type: ignore[attr-defined]
+        err.problems = [line for _, line, _ in located]  # type: ignore[attr-defined]
         err.located = [  # type: ignore[attr-defined]
-            {"line": _line_of(line, line_map), "path": line.split(": ", 1)[0],
-             "problem": line.split(": ", 1)[-1], "hint": hint_}
-            for line, hint_ in c.problems]
+            {"line": at, "path": line.split(": ", 1)[0], "problem": line.split(": ", 1)[-1],
+             "hint": h}
+            for at, line, h in located]
         raise err
     return inv
 
