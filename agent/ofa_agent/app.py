@@ -516,10 +516,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         return {MODEL_ALIAS, model_id.rsplit("/", 1)[-1]} - {""}
 
     def known_model(name: str) -> None:
-        if name not in model_names():
+        names = model_names()
+        if name not in names:
             raise ApiError(404, "unknown_model",
                            f"no model {name!r} here; this agent serves "
-                           + " or ".join(repr(n) for n in sorted(model_names())))
+                           + " or ".join(repr(n) for n in sorted(names)))
 
     @app.get(
         "/v2/models/{name}/ready",
